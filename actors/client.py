@@ -1,0 +1,281 @@
+"""Reaching entities from any process: routers that batch, and the client API.
+
+`AsyncLootify` is for code already in an event loop (Serve replicas, benchmarks,
+host actors calling other hosts); `Lootify` wraps it for notebooks and scripts,
+running its loop on a background thread so every method is a plain call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from . import wallet as w
+from .config import RuntimeSettings, service_dsn
+from .errors import LootifyError, Unavailable
+from .runtime import WrongHost, canonical_id, host_handles, shard_of
+
+T = TypeVar("T")
+_HOST_DOWN = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class Router:
+    """Sends messages for one entity kind to their hosts, gathered per host.
+
+    With batching on, a message waits up to `window` seconds (or until `max_batch`
+    messages are waiting) and then travels with the others in one Ray call. A host
+    that is down or restarting is retried until `deadline`; every message is
+    idempotent by its reference id, so a retry never acts twice.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        handles: list[Any],
+        directory: list[int],
+        settings: RuntimeSettings,
+        *,
+        batching: bool = True,
+    ) -> None:
+        self.kind = kind
+        self.handles = handles
+        self.directory = directory
+        self.settings = settings
+        self.window = settings.batch_window_ms / 1000 if batching else 0.0
+        self.max_batch = settings.batch_max if batching else 1
+        self.buffers: dict[int, list[tuple[str, Any, asyncio.Future]]] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.batches_sent = 0
+        self.messages_sent = 0
+
+    def host_of(self, entity_id: str) -> int:
+        return self.directory[shard_of(entity_id, self.settings.shards)]
+
+    def call(self, entity_id: str, message: Any) -> asyncio.Future:
+        """Queue one message; the future resolves to its result or raises its error."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        host = self.host_of(entity_id)
+        buffer = self.buffers.setdefault(host, [])
+        buffer.append((entity_id, message, future))
+        if len(buffer) >= self.max_batch or self.window == 0:
+            self._flush(host)
+        elif host not in self.timers:
+            self.timers[host] = loop.call_later(self.window, self._flush, host)
+        return future
+
+    def _flush(self, host: int) -> None:
+        timer = self.timers.pop(host, None)
+        if timer is not None:
+            timer.cancel()
+        batch = self.buffers.pop(host, [])
+        if batch:
+            asyncio.ensure_future(self._send(host, batch))
+
+    async def _send(self, host: int, batch: list[tuple[str, Any, asyncio.Future]]) -> None:
+        self.batches_sent += 1
+        self.messages_sent += len(batch)
+        deadline = time.monotonic() + self.settings.call_deadline_s
+        delay = 0.02
+        while True:
+            try:
+                outcomes = await self.handles[host].call.remote([(i, m) for i, m, _ in batch])
+                break
+            except _HOST_DOWN as exc:
+                if time.monotonic() >= deadline:
+                    error = Unavailable(f"{self.kind} host {host} is down: retry later")
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    return
+                del exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        moved = []
+        for (entity_id, message, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            elif isinstance(value, WrongHost):
+                moved.append((entity_id, message, future))
+            else:
+                future.set_exception(value)
+        if moved:
+            await self._refresh_directory()
+            for entity_id, message, future in moved:
+                _chain(self.call(entity_id, message), future)
+
+    async def _refresh_directory(self) -> None:
+        self.directory = await self.handles[0].directory_view.remote()
+
+
+def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
+    def copy(done: asyncio.Future) -> None:
+        if target.done():
+            return
+        if done.exception() is not None:
+            target.set_exception(done.exception())
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+
+
+class AsyncWallet:
+    """One user's wallet, addressed by id wherever its host runs."""
+
+    def __init__(self, router: Router, host_query: Callable, user_id: str) -> None:
+        self._router = router
+        self._query = host_query
+        self.user_id = user_id
+
+    def _send(self, message: Any) -> asyncio.Future:
+        return self._router.call(self.user_id, w.validate(message))
+
+    async def balance(self) -> w.Balance:
+        return await self._send(w.GetBalance())
+
+    async def deposit(self, amount: int, reference_id: str) -> w.Balance:
+        return await self._send(w.Deposit(amount, reference_id))
+
+    async def withdraw(self, amount: int, reference_id: str) -> w.Balance:
+        return await self._send(w.Withdraw(amount, reference_id))
+
+    async def reserve(
+        self, amount: int, reference_id: str, timeout_s: float | None = None
+    ) -> w.Balance:
+        return await self._send(w.Reserve(amount, reference_id, timeout_s))
+
+    async def commit(
+        self, reference_id: str, amount: int | None = None, target: str = "house"
+    ) -> w.Balance:
+        return await self._send(w.Commit(reference_id, amount, target))
+
+    async def release(self, reference_id: str) -> w.Balance:
+        return await self._send(w.Release(reference_id))
+
+    async def credit(
+        self, amount: int, reference_id: str, source: str = "house", kind: str = "payout"
+    ) -> w.Balance:
+        return await self._send(w.Credit(amount, reference_id, source, kind))
+
+    async def transactions(self, limit: int = 50, before: str | None = None) -> list[dict]:
+        args = {"wallet_id": self.user_id, "limit": max(1, min(limit, 500)),
+                "before": canonical_id(before, field_name="before") if before else None}
+        return await self._query(self.user_id, "transactions", args)
+
+
+class AsyncLootify:
+    """The cluster, seen from one process in an event loop."""
+
+    def __init__(self, routers: dict[str, Router], settings: RuntimeSettings) -> None:
+        self.routers = routers
+        self.settings = settings
+
+    @classmethod
+    async def create(cls, *, batching: bool = True, kinds: tuple[str, ...] = ("wallets",),
+                     settings: RuntimeSettings | None = None) -> AsyncLootify:
+        settings = settings or RuntimeSettings()
+        routers = {}
+        for kind in kinds:
+            dsn = service_dsn("wallets" if kind == "wallets" else "bets")
+            first = host_handles(kind, 1, dsn, settings)
+            directory = await first[0].directory_view.remote()
+            handles = host_handles(kind, max(directory) + 1, dsn, settings)
+            routers[kind] = Router(kind, handles, directory, settings, batching=batching)
+        return cls(routers, settings)
+
+    def wallet(self, user_id: object) -> AsyncWallet:
+        router = self.routers["wallets"]
+        uid = canonical_id(user_id, field_name="user_id")
+        return AsyncWallet(router, self._host_query(router), uid)
+
+    def _host_query(self, router: Router) -> Callable:
+        async def query(entity_id: str, name: str, args: dict) -> Any:
+            return await router.handles[router.host_of(entity_id)].query.remote(name, args)
+
+        return query
+
+    async def hosts(self, kind: str = "wallets") -> list[dict]:
+        """Each host's pid, RSS, entity count and round counters."""
+        return list(await asyncio.gather(*(h.stats.remote() for h in self.routers[kind].handles)))
+
+
+class _Sync:
+    """Turns an async object's coroutine methods into blocking calls on a loop thread."""
+
+    def __init__(self, target: Any, runner: _LoopThread) -> None:
+        self._target = target
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = self._runner.run_sync(lambda: attr(*args, **kwargs))
+            if isinstance(result, (AsyncWallet,)):
+                return _Sync(result, self._runner)
+            return result
+
+        return call
+
+    def __repr__(self) -> str:
+        return f"<{type(self._target).__name__} {getattr(self._target, 'user_id', '')}>"
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="lootify-client")
+        self.thread.start()
+
+    def run_sync(self, make: Callable[[], Any]) -> Any:
+        async def runner() -> Any:
+            value = make()
+            if asyncio.isfuture(value) or asyncio.iscoroutine(value):
+                return await value
+            return value
+
+        return asyncio.run_coroutine_threadsafe(runner(), self.loop).result()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def connect(
+    address: str | None = None,
+    *,
+    namespace: str | None = None,
+    batching: bool = True,
+    kinds: tuple[str, ...] = ("wallets",),
+) -> Any:
+    """Join the running cluster (RAY_ADDRESS, else `make up`'s head) and return a
+    blocking client: `connect().wallet(user_id).deposit(10_000, reference_id="d-1")`."""
+    settings = RuntimeSettings() if namespace is None else RuntimeSettings(namespace=namespace)
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or _local_head(),
+                 namespace=settings.namespace, log_to_driver=False)
+    runner = _LoopThread()
+    client = runner.run(AsyncLootify.create(batching=batching, kinds=kinds, settings=settings))
+    return _Sync(client, runner)
+
+
+def _local_head() -> str:
+    from .config import DATA_DIR
+
+    path = DATA_DIR / "ray_address"
+    return path.read_text().strip() if path.exists() else "auto"
+
+
+__all__ = ["AsyncLootify", "AsyncWallet", "LootifyError", "Router", "connect"]

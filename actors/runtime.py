@@ -1,0 +1,410 @@
+"""The entity runtime: many entities (wallets, markets) hosted in a few Ray actors.
+
+A Ray actor is a process (~95 MB); an entity must cost a few hundred bytes. So, as
+Orleans silos host grains, a `EntityHost` actor hosts every entity of the logical
+shards the durable directory gives it:
+
+* an id hashes to one of `shards` logical shards; the directory maps shards to
+  hosts; hosts are named detached actors, restarted by Ray after any crash;
+* an entity is activated on its first message (loaded from PostgreSQL, many at
+  once), handles its messages one at a time in arrival order, and is passivated
+  after `idle_seconds` without one;
+* a host works in rounds: it takes every message queued since the last round,
+  applies them in order, writes all their changes in one PostgreSQL transaction
+  (group commit), and only then answers them;
+* an unexpected exception in a handler fails that message with `EntityCrashed`;
+  the entity is dropped after the round and rebuilt from PostgreSQL on its next
+  message, while the host and every other entity go on.
+
+What an entity *is* lives in an `EntityKind` (see `actors.wallet`); callers reach
+hosts through `Router` (see `actors.client`), which batches messages per host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import ray
+
+from .config import RuntimeSettings
+from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable
+
+log = logging.getLogger(__name__)
+
+State = TypeVar("State")
+
+
+def shard_of(entity_id: str, shards: int) -> int:
+    """Stable across processes and Python versions (unlike `hash`)."""
+    digest = hashlib.blake2b(entity_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def canonical_id(value: object, *, field_name: str = "id") -> str:
+    """Entity ids are UUIDs; one spelling each, so one id is one entity."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInput(f"{field_name} must be a UUID", field=field_name) from exc
+
+
+def host_name(kind: str, index: int) -> str:
+    return f"{kind}-host-{index}"
+
+
+class WrongHost(LootifyError):
+    """The shard moved: the caller refreshes its directory and resends."""
+
+    status = 503
+    code = "wrong_host"
+
+
+@dataclass
+class Round:
+    """What one round of a host writes, collected while its messages are applied.
+
+    Handlers record their writes through the kind's own lists here; `mark` and
+    `rollback` let the runtime discard the writes of a handler that crashed half-way.
+    """
+
+    writes: list[Any] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def mark(self) -> int:
+        return len(self.writes)
+
+    def rollback(self, mark: int) -> None:
+        del self.writes[mark:]
+
+
+class EntityKind(Generic[State]):
+    """The behaviour of one kind of entity, plugged into `EntityHost`.
+
+    Handlers (`apply`) are synchronous and must validate before they mutate: a
+    `LootifyError` means "refused, nothing changed"; any other exception means the
+    entity may be half-changed, so the runtime drops it and reloads it.
+    """
+
+    name: str = ""
+
+    def __init__(self, host: EntityHost) -> None:
+        self.host = host
+
+    async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, State]:
+        """Activate `ids` (all absent from memory) in one query; unknown ids get a
+        fresh state."""
+        raise NotImplementedError
+
+    async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
+        """Fetch what the round's messages need besides entity state (e.g. earlier
+        results for idempotency), before any of them is applied."""
+
+    def apply(self, state: State, message: Any, round_: Round, op: Op) -> Any:
+        raise NotImplementedError
+
+    async def persist(self, conn: asyncpg.Connection, round_: Round) -> None:
+        """Write the round inside the transaction the runtime opened."""
+        raise NotImplementedError
+
+    def can_passivate(self, state: State) -> bool:
+        return True
+
+    async def tick(self) -> None:
+        """Periodic work (e.g. expiring reservations); failures are logged and retried."""
+
+    async def reset(self) -> None:
+        """Forget cached results (tests truncate the tables between cases)."""
+
+    async def query(self, name: str, args: dict[str, Any]) -> Any:
+        """Reads that need no entity (history, listings) answered by the host."""
+        raise InvalidInput(f"unknown query {name}")
+
+
+@dataclass(slots=True)
+class Op:
+    entity_id: str
+    message: Any
+    future: asyncio.Future
+    prepared: Any = None
+
+
+class Entry:
+    """One activated entity in the host's table."""
+
+    __slots__ = ("state", "last_used")
+
+    def __init__(self, state: Any, now: int) -> None:
+        self.state = state
+        self.last_used = now
+
+
+def _kind_class(kind: str) -> type[EntityKind]:
+    if kind == "wallets":
+        from .wallet import WalletKind
+
+        return WalletKind
+    if kind == "markets":
+        from .market import MarketKind
+
+        return MarketKind
+    raise ValueError(f"unknown entity kind {kind!r}")
+
+
+async def ensure_directory(conn: asyncpg.Connection, kind: str, shards: int, hosts: int) -> None:
+    await conn.execute(
+        "insert into runtime.shard_directory (kind, shard, host) "
+        "select $1, s, s % $3 from generate_series(0, $2 - 1) s "
+        "on conflict do nothing",
+        kind,
+        shards,
+        hosts,
+    )
+
+
+async def read_directory(conn: asyncpg.Connection, kind: str) -> list[int]:
+    rows = await conn.fetch(
+        "select shard, host from runtime.shard_directory where kind = $1 order by shard", kind
+    )
+    return [r["host"] for r in rows]
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000)
+class EntityHost:
+    """A Ray actor hosting the entities of some shards of one kind.
+
+    Lifecycle: `__init__` runs at creation and after every restart; it keeps no
+    state of its own beyond PostgreSQL, so a restart loses only what was never
+    acknowledged. Entities come back lazily on their next message.
+    """
+
+    def __init__(self, kind: str, index: int, dsn: str, settings: RuntimeSettings) -> None:
+        self.kind_name = kind
+        self.index = index
+        self.dsn = dsn
+        self.settings = settings
+        self.entities: dict[str, Entry] = {}
+        self.queue: list[Op] = []
+        self.wake = asyncio.Event()
+        self.pool: asyncpg.Pool | None = None
+        self.directory: list[int] = []
+        self.owned: set[int] = set()
+        self.kind = _kind_class(kind)(self)
+        self.rounds = 0
+        self.ops_done = 0
+        self._started: asyncio.Future | None = None
+
+    def _ready(self) -> asyncio.Future:
+        # Started on the first call, inside the actor's running event loop.
+        if self._started is None or (
+            self._started.done() and not self._started.cancelled() and self._started.exception()
+        ):
+            self._started = asyncio.ensure_future(self._start())
+        return self._started
+
+    async def _start(self) -> None:
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=4)
+        async with self.pool.acquire() as conn:
+            hosts = (
+                self.settings.wallet_hosts if self.kind_name == "wallets"
+                else self.settings.market_hosts
+            )
+            await ensure_directory(conn, self.kind_name, self.settings.shards, hosts)
+            self.directory = await read_directory(conn, self.kind_name)
+        self.owned = {s for s, h in enumerate(self.directory) if h == self.index}
+        asyncio.ensure_future(self._rounds())
+        asyncio.ensure_future(self._housekeeping())
+
+    # -- the Ray API -------------------------------------------------------------
+
+    async def call(self, batch: list[tuple[str, Any]]) -> list[tuple[bool, Any]]:
+        """Deliver a batch of `(entity_id, message)`; answer each `(ok, result|error)`
+        in the same order, once its effects are committed."""
+        await self._ready()
+        loop = asyncio.get_running_loop()
+        ops = [Op(entity_id, message, loop.create_future()) for entity_id, message in batch]
+        self.queue.extend(ops)
+        self.wake.set()
+        outcomes: list[tuple[bool, Any]] = []
+        for op in ops:
+            try:
+                outcomes.append((True, await op.future))
+            except LootifyError as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def query(self, name: str, args: dict[str, Any]) -> Any:
+        await self._ready()
+        return await self.kind.query(name, args)
+
+    async def directory_view(self) -> list[int]:
+        await self._ready()
+        return self.directory
+
+    async def stats(self) -> dict[str, Any]:
+        import psutil
+
+        await self._ready()
+        return {
+            "kind": self.kind_name,
+            "index": self.index,
+            "pid": os.getpid(),
+            "rss": psutil.Process().memory_info().rss,
+            "entities": len(self.entities),
+            "queued": len(self.queue),
+            "rounds": self.rounds,
+            "ops": self.ops_done,
+        }
+
+    async def passivate_all(self) -> int:
+        """Drop every idle entity now (tests and benchmarks; normal passivation is by age)."""
+        await self._ready()
+        return self._passivate(cutoff=None)
+
+    async def reset(self) -> None:
+        """Forget every activated entity (tests clean the tables between cases)."""
+        await self._ready()
+        self.entities.clear()
+        await self.kind.reset()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # -- rounds ---------------------------------------------------------------------
+
+    async def _rounds(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                batch, self.queue = self.queue, []
+                try:
+                    await self._run_round(batch)
+                except Exception:  # the loop must survive anything a round does
+                    log.exception("round failed")
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(Unavailable("the host failed; retry"))
+
+    async def _run_round(self, batch: list[Op]) -> None:
+        now = int(time.monotonic())
+        ops: list[Op] = []
+        for op in batch:
+            if shard_of(op.entity_id, self.settings.shards) in self.owned:
+                ops.append(op)
+            else:
+                op.future.set_exception(WrongHost(f"{op.entity_id} is not hosted here"))
+        if not ops:
+            return
+        assert self.pool is not None
+        round_ = Round()
+        async with self.pool.acquire() as conn:
+            missing = list({op.entity_id for op in ops if op.entity_id not in self.entities})
+            if missing:
+                for entity_id, state in (await self.kind.load(conn, missing)).items():
+                    self.entities[entity_id] = Entry(state, now)
+            await self.kind.prepare(conn, ops)
+
+            answered: list[tuple[Op, Any]] = []
+            crashed: set[str] = set()
+            deferred: list[Op] = []
+            for op in ops:
+                if op.entity_id in crashed:
+                    deferred.append(op)  # rerun after the entity is rebuilt
+                    continue
+                entry = self.entities[op.entity_id]
+                entry.last_used = now
+                mark = round_.mark()
+                try:
+                    answered.append((op, self.kind.apply(entry.state, op.message, round_, op)))
+                except LootifyError as exc:
+                    op.future.set_exception(exc)
+                except Exception as exc:
+                    log.exception("entity %s crashed on %r", op.entity_id, op.message)
+                    round_.rollback(mark)
+                    crashed.add(op.entity_id)
+                    op.future.set_exception(
+                        EntityCrashed(f"{type(exc).__name__} in {self.kind_name} entity; rebuilt")
+                    )
+
+            try:
+                if round_.writes:
+                    async with conn.transaction():
+                        await self.kind.persist(conn, round_)
+            except Exception as exc:  # whatever failed the commit, nothing of the round stands
+                log.exception("round commit failed")
+                # Memory ran ahead of the database: rebuild every touched entity.
+                for op in ops:
+                    self.entities.pop(op.entity_id, None)
+                for op, _ in answered:
+                    op.future.set_exception(Unavailable(f"storage failed: {type(exc).__name__}"))
+                return
+
+        for entity_id in crashed:
+            self.entities.pop(entity_id, None)
+        for hook in round_.after_commit:
+            hook()
+        for op, result in answered:
+            if not op.future.done():
+                op.future.set_result(result)
+        self.rounds += 1
+        self.ops_done += len(ops)
+        if deferred:
+            self.queue[:0] = deferred
+            self.wake.set()
+
+    async def _housekeeping(self) -> None:
+        interval = max(0.05, min(1.0, self.settings.idle_seconds / 4))
+        last_passivation = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.kind.tick()
+            except Exception:
+                log.exception("tick failed")
+            if time.monotonic() - last_passivation >= self.settings.idle_seconds / 2:
+                last_passivation = time.monotonic()
+                self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
+
+    def _passivate(self, cutoff: int | None) -> int:
+        busy = {op.entity_id for op in self.queue}
+        idle = [
+            entity_id
+            for entity_id, entry in self.entities.items()
+            if (cutoff is None or entry.last_used < cutoff)
+            and entity_id not in busy
+            and self.kind.can_passivate(entry.state)
+        ]
+        for entity_id in idle:
+            del self.entities[entity_id]
+        return len(idle)
+
+    def submit(self, entity_id: str, message: Any) -> asyncio.Future:
+        """Queue a message from inside the host (timers, sagas)."""
+        op = Op(entity_id, message, asyncio.get_running_loop().create_future())
+        self.queue.append(op)
+        self.wake.set()
+        return op.future
+
+
+def host_handles(
+    kind: str, count: int, dsn: str, settings: RuntimeSettings
+) -> list[ray.actor.ActorHandle]:
+    """Get or create the named detached hosts of `kind` (idempotent, from any process)."""
+    return [
+        EntityHost.options(
+            name=host_name(kind, i),
+            namespace=settings.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(kind, i, dsn, settings)
+        for i in range(count)
+    ]

@@ -1,0 +1,109 @@
+"""One PostgreSQL and one Ray cluster per test session; clean state per test.
+
+Every test that touches the runtime ends with the ledger audit: money is conserved
+whatever the test did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+import ray
+
+from actors.audit import ledger_violations
+from actors.client import AsyncLootify, _LoopThread, _Sync
+from actors.config import RuntimeSettings
+from actors.migrate import migrate
+from tests.pg_fixtures import create_database, pg_dsn  # noqa: F401
+
+TABLES = "wallets.wallets, wallets.operations, wallets.entries, wallets.pending"
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_dsn: str) -> Iterator[str]:  # noqa: F811
+    dsn = asyncio.run(create_database(pg_dsn, "lootify_test"))
+    asyncio.run(migrate(dsn))
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = dsn
+    yield dsn
+    if previous is None:
+        os.environ.pop("DATABASE_URL", None)
+    else:
+        os.environ["DATABASE_URL"] = previous
+
+
+@pytest.fixture(scope="session")
+def settings() -> RuntimeSettings:
+    # A short idle time so passivation is observable within a test.
+    return RuntimeSettings(namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(database_url: str, settings: RuntimeSettings) -> Iterator[None]:
+    ray.init(
+        num_cpus=2,
+        namespace=settings.namespace,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"DATABASE_URL": database_url}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> _LoopThread:
+    return _LoopThread()
+
+
+@pytest.fixture(scope="session")
+def aio(ray_cluster: None, loop_thread: _LoopThread, settings: RuntimeSettings) -> AsyncLootify:
+    """The async client, living on `loop_thread` (run its coroutines with `run`)."""
+    return loop_thread.run(AsyncLootify.create(settings=settings))
+
+
+@pytest.fixture(scope="session")
+def lootify(aio: AsyncLootify, loop_thread: _LoopThread) -> _Sync:
+    """The blocking client, as a notebook sees it."""
+    return _Sync(aio, loop_thread)
+
+
+@pytest.fixture
+def run(loop_thread: _LoopThread):
+    """Run a coroutine on the client's loop and wait for it."""
+    return loop_thread.run
+
+
+@pytest.fixture(autouse=True)
+def clean_ledger(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Clean tables and host memory before a runtime test; audit the ledger after it."""
+    if "aio" not in request.fixturenames:
+        yield
+        return
+    aio: AsyncLootify = request.getfixturevalue("aio")
+    dsn: str = request.getfixturevalue("database_url")
+    loop_thread: _LoopThread = request.getfixturevalue("loop_thread")
+
+    async def reset() -> None:
+        for router in aio.routers.values():
+            await asyncio.gather(*(h.reset.remote() for h in router.handles))
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"truncate {TABLES}")
+        finally:
+            await conn.close()
+
+    async def audit() -> dict[str, int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await ledger_violations(conn)
+        finally:
+            await conn.close()
+
+    loop_thread.run(reset())
+    yield
+    assert loop_thread.run(audit()) == {}, "ledger audit failed"
