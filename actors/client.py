@@ -11,15 +11,21 @@ import asyncio
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from . import market as m
+from . import pricing
 from . import wallet as w
 from .config import RuntimeSettings, service_dsn
-from .errors import LootifyError, Unavailable
+from .errors import InvalidInput, LootifyError, Unavailable
+from .money import check_amount, parse_odds
 from .runtime import WrongHost, canonical_id, host_handles, shard_of
 
 T = TypeVar("T")
@@ -117,6 +123,12 @@ class Router:
         self.directory = await self.handles[0].directory_view.remote()
 
 
+def _text(value: object, field: str, limit: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise InvalidInput(f"{field} must be 1-{limit} characters", field=field)
+    return value.strip()
+
+
 def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
     def copy(done: asyncio.Future) -> None:
         if target.done():
@@ -173,6 +185,45 @@ class AsyncWallet:
         return await self._query(self.user_id, "transactions", args)
 
 
+class AsyncMarket:
+    """One market's odds entity, addressed by id."""
+
+    def __init__(self, router: Router, market_id: str) -> None:
+        self._router = router
+        self.market_id = market_id
+
+    def _send(self, message: Any) -> asyncio.Future:
+        return self._router.call(self.market_id, message)
+
+    async def state(self) -> dict:
+        return await self._send(m.GetMarket())
+
+    async def odds(self) -> dict[str, Decimal | None]:
+        view = await self.state()
+        return {s["key"]: s["odds"] for s in view["selections"]}
+
+    async def suspend(self) -> dict:
+        return await self._send(m.Transition("suspend"))
+
+    async def reopen(self) -> dict:
+        return await self._send(m.Transition("reopen"))
+
+    async def close(self) -> dict:
+        return await self._send(m.Transition("close"))
+
+    async def void(self) -> dict:
+        return await self._send(m.Transition("void"))
+
+    async def set_odds(self, odds: dict[str, object]) -> dict:
+        if not isinstance(odds, dict) or not odds:
+            raise InvalidInput("odds must name at least one selection", field="odds")
+        pairs = tuple((str(k), pricing.odds_to_x100(parse_odds(v))) for k, v in odds.items())
+        return await self._send(m.SetOdds(pairs))
+
+    async def settle(self, winner: str) -> dict:
+        return await self._send(m.Settle(str(winner)))
+
+
 class AsyncLootify:
     """The cluster, seen from one process in an event loop."""
 
@@ -181,7 +232,7 @@ class AsyncLootify:
         self.settings = settings
 
     @classmethod
-    async def create(cls, *, batching: bool = True, kinds: tuple[str, ...] = ("wallets",),
+    async def create(cls, *, batching: bool = True, kinds: tuple[str, ...] = ("wallets", "markets"),
                      settings: RuntimeSettings | None = None) -> AsyncLootify:
         settings = settings or RuntimeSettings()
         routers = {}
@@ -204,6 +255,69 @@ class AsyncLootify:
 
         return query
 
+    def market(self, market_id: object) -> AsyncMarket:
+        return AsyncMarket(self.routers["markets"], canonical_id(market_id, field_name="market_id"))
+
+    async def _catalog(self, query: str, **args: Any) -> Any:
+        router = self.routers["markets"]
+        return await router.handles[0].query.remote(query, args)
+
+    async def create_event(self, name: str, category: str, starts_at: datetime) -> dict:
+        name, category = _text(name, "name"), _text(category, "category")
+        if not isinstance(starts_at, datetime) or starts_at.tzinfo is None:
+            raise InvalidInput("starts_at must be a time with its zone", field="starts_at")
+        return await self._catalog("create_event", name=name, category=category,
+                                   starts_at=starts_at)
+
+    async def list_events(self) -> list[dict]:
+        return await self._catalog("list_events")
+
+    async def get_event(self, event_id: object) -> dict:
+        return await self._catalog("get_event",
+                                   event_id=canonical_id(event_id, field_name="event_id"))
+
+    async def create_market(
+        self, event_id: object, name: str, type: str, selections: list[dict], *,
+        overround: object = None, takeout: object = None, min_stake: int | None = None,
+        max_stake: int | None = None, max_payout: int | None = None,
+    ) -> dict:
+        """A new market on an event; it starts `open`. Stakes and payouts in minor units;
+        `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds."""
+        event = await self.get_event(event_id)
+        message = m.new_market_message(event["id"], name, type, selections, overround, takeout,
+                                       min_stake, max_stake, max_payout)
+        return await self.routers["markets"].call(str(uuid.uuid4()), message)
+
+    async def place_bet(
+        self, user_id: object, market_id: object, selection: str, amount: int,
+        odds: object = None, accept_odds: str | None = None, bet_id: object = None,
+    ) -> dict:
+        """Reserve, accept, commit: the bet's id (given, or new) makes it idempotent."""
+        uid = canonical_id(user_id, field_name="user_id")
+        accept = accept_odds or "exact"
+        if accept not in m.ACCEPT_POLICIES:
+            raise InvalidInput("accept_odds must be exact, higher or any", field="accept_odds")
+        message = m.PlaceBet(
+            canonical_id(bet_id, field_name="bet_id") if bet_id else str(uuid.uuid4()),
+            uid, _text(selection, "selection"), check_amount(amount),
+            None if odds is None else pricing.odds_to_x100(parse_odds(odds)), accept,
+        )
+        return await self.routers["markets"].call(
+            canonical_id(market_id, field_name="market_id"), message)
+
+    async def get_bet(self, user_id: object, bet_id: object) -> dict:
+        return await self._catalog("get_bet", user_id=canonical_id(user_id, field_name="user_id"),
+                                   bet_id=canonical_id(bet_id, field_name="bet_id"))
+
+    async def list_bets(self, user_id: object, limit: int = 100) -> list[dict]:
+        return await self._catalog("list_bets", user_id=canonical_id(user_id, field_name="user_id"),
+                                   limit=max(1, min(int(limit), 500)))
+
+    async def cancel_bet(self, user_id: object, bet_id: object) -> dict:
+        bet = await self.get_bet(user_id, bet_id)
+        return await self.routers["markets"].call(
+            bet["market_id"], m.CancelBet(bet["id"], bet["user_id"]))
+
     async def hosts(self, kind: str = "wallets") -> list[dict]:
         """Each host's pid, RSS, entity count and round counters."""
         return list(await asyncio.gather(*(h.stats.remote() for h in self.routers[kind].handles)))
@@ -223,7 +337,7 @@ class _Sync:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             result = self._runner.run_sync(lambda: attr(*args, **kwargs))
-            if isinstance(result, (AsyncWallet,)):
+            if isinstance(result, (AsyncWallet, AsyncMarket)):
                 return _Sync(result, self._runner)
             return result
 
@@ -258,7 +372,7 @@ def connect(
     *,
     namespace: str | None = None,
     batching: bool = True,
-    kinds: tuple[str, ...] = ("wallets",),
+    kinds: tuple[str, ...] = ("wallets", "markets"),
 ) -> Any:
     """Join the running cluster (RAY_ADDRESS, else `make up`'s head) and return a
     blocking client: `connect().wallet(user_id).deposit(10_000, reference_id="d-1")`."""

@@ -7,6 +7,7 @@ variables, so a setting changed before `make up` reaches all of them.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,26 @@ class RuntimeSettings:
     batch_window_ms: float = field(default_factory=lambda: _float("LOOTIFY_BATCH_WINDOW_MS", 1.0))
     batch_max: int = field(default_factory=lambda: _int("LOOTIFY_BATCH_MAX", 1000))
     call_deadline_s: float = field(default_factory=lambda: _float("LOOTIFY_CALL_DEADLINE_S", 15.0))
+
+
+def use_ray_token_auth() -> None:
+    """Call before `ray.init(address=...)` to the cluster `make up` starts.
+
+    That cluster requires Ray token authentication (RAY_AUTH_MODE=token, token in
+    ~/.ray/auth_token): its GCS listens on every interface. Ray 2.60 turns token auth
+    on in a client only when it finds a local cluster by itself, never for an explicit
+    address (argument or RAY_ADDRESS), so such a client must set the mode itself.
+    An explicit RAY_AUTH_MODE in the environment wins.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules:
+        # Ray caches its config (auth mode included) when first imported; refresh it,
+        # as Ray itself does when it turns token auth on (before any ray.init).
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def http_port() -> int:

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -117,6 +117,11 @@ class EntityKind(Generic[State]):
 
     def can_passivate(self, state: State) -> bool:
         return True
+
+    def finish(self, round_: Round) -> Awaitable[None] | None:
+        """Work that must follow the commit but precede the answers (e.g. moving money
+        in other entities). It runs while the host goes on with the next round."""
+        return None
 
     async def tick(self) -> None:
         """Periodic work (e.g. expiring reservations); failures are logged and retried."""
@@ -352,14 +357,23 @@ class EntityHost:
             self.entities.pop(entity_id, None)
         for hook in round_.after_commit:
             hook()
-        for op, result in answered:
-            if not op.future.done():
-                op.future.set_result(result)
+        finishing = self.kind.finish(round_)
+        if finishing is None:
+            _answer(answered)
+        else:
+            asyncio.ensure_future(self._answer_after(finishing, answered))
         self.rounds += 1
         self.ops_done += len(ops)
         if deferred:
             self.queue[:0] = deferred
             self.wake.set()
+
+    async def _answer_after(self, finishing: Awaitable[None], answered: list) -> None:
+        try:
+            await finishing
+        except Exception:  # what finish leaves undone, the kind's recovery finishes
+            log.exception("finishing a round failed")
+        _answer(answered)
 
     async def _housekeeping(self) -> None:
         interval = max(0.05, min(1.0, self.settings.idle_seconds / 4))
@@ -393,6 +407,12 @@ class EntityHost:
         self.queue.append(op)
         self.wake.set()
         return op.future
+
+
+def _answer(answered: list[tuple[Op, Any]]) -> None:
+    for op, result in answered:
+        if not op.future.done():
+            op.future.set_result(result)
 
 
 def host_handles(

@@ -20,7 +20,10 @@ from actors.config import RuntimeSettings
 from actors.migrate import migrate
 from tests.pg_fixtures import create_database, pg_dsn  # noqa: F401
 
-TABLES = "wallets.wallets, wallets.operations, wallets.entries, wallets.pending"
+TABLES = (
+    "wallets.wallets, wallets.operations, wallets.entries, wallets.pending, "
+    "bets.bets, bets.markets, bets.events"
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,752 @@
+"""The odds entity: one per market, owning its status, odds, liabilities or pools,
+limits and bets.
+
+Placing a bet is a saga across the market and the user's wallet that never
+creates or loses money:
+
+1. `prepare` (before the round applies anything): refuse what is plainly refused
+   (market not open, limits, price) without touching money; reserve the stake of
+   the rest in the wallets, all at once (two-phase, with a time-out);
+2. `apply`: accept at the current price, or refuse (the reservation is released);
+   the accepted bet is written with `stake = reserved` in the round's commit;
+3. `finish` (after the commit, before the answer): commit each reservation to the
+   market's account, then record `stake = committed`.
+
+A crash before 2 leaves a reservation that expires; a crash between 2 and 3 leaves
+`stake = reserved`, which the host's recovery commits (or, if the reservation
+already ended, voids the bet). Payouts and refunds go the same way: decided and
+written first (`payout_state = owed`), credited after, finished on recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import asyncpg
+
+from . import pricing
+from . import wallet as w
+from .errors import (
+    AlreadySettled,
+    Conflict,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidTransition,
+    LootifyError,
+    MarketNotOpen,
+    NotFound,
+    OddsChanged,
+    PayoutTooHigh,
+    ReservationResolved,
+    StakeTooHigh,
+    StakeTooLow,
+)
+from .money import check_amount, parse_odds
+from .runtime import EntityKind, Op, Round, shard_of
+
+RESERVATION_TIMEOUT_S = 60.0
+RECOVERY_AGE_S = 3.0
+ACCEPT_POLICIES = ("exact", "higher", "any")
+TRANSITIONS = {
+    "suspend": ({"open"}, "suspended"),
+    "reopen": ({"suspended"}, "open"),
+    "close": ({"open", "suspended"}, "closed"),
+    "void": ({"open", "suspended", "closed"}, "void"),
+}
+
+# -- messages --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateMarket:
+    event_id: str
+    name: str
+    type: str
+    selections: tuple[tuple[str, str, int | None], ...]  # (key, name, odds x100)
+    takeout_bp: int
+    min_stake: int
+    max_stake: int
+    max_payout: int | None
+    overround: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetMarket:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetOdds:
+    odds: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    winner: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceBet:
+    bet_id: str
+    user_id: str
+    selection: str
+    amount: int
+    odds_x100: int | None
+    accept: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBet:
+    bet_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyMoved:
+    """Internal: record that `finish` (or recovery) moved these bets' money."""
+
+    staked: tuple[str, ...] = ()
+    returned: tuple[str, ...] = ()
+    paid: tuple[str, ...] = ()
+
+
+# -- state -----------------------------------------------------------------------
+
+
+class Bet:
+    __slots__ = ("id", "user_id", "selection", "amount", "odds_x100", "potential", "status",
+                 "payout", "stake", "payout_state", "placed_at", "settled_at")
+
+    def __init__(self, id: str, user_id: str, selection: str, amount: int,
+                 odds_x100: int | None, potential: int | None, status: str = "accepted",
+                 payout: int = 0, stake: str = "reserved", payout_state: str = "none",
+                 placed_at: float | None = None, settled_at: float | None = None) -> None:
+        self.id = id
+        self.user_id = user_id
+        self.selection = selection
+        self.amount = amount
+        self.odds_x100 = odds_x100
+        self.potential = potential
+        self.status = status
+        self.payout = payout
+        self.stake = stake
+        self.payout_state = payout_state
+        self.placed_at = placed_at if placed_at is not None else time.time()
+        self.settled_at = settled_at
+
+    def view(self, market_id: str) -> dict[str, Any]:
+        return {
+            "id": self.id, "user_id": self.user_id, "market_id": market_id,
+            "selection": self.selection, "amount": self.amount,
+            "odds": pricing.x100_to_odds(self.odds_x100), "potential_payout": self.potential,
+            "status": self.status, "payout": self.payout,
+            "placed_at": _dt(self.placed_at), "settled_at": _dt(self.settled_at),
+        }
+
+
+class Market:
+    __slots__ = ("id", "event_id", "name", "type", "status", "keys", "names", "model",
+                 "takeout_bp", "min_stake", "max_stake", "max_payout", "winner", "version",
+                 "stored_version", "exposure", "odds", "bets", "settled_at")
+
+    def __init__(self, market_id: str) -> None:
+        self.id = market_id
+        self.event_id: str | None = None  # None: no such market yet
+        self.version = 0
+        self.stored_version = -1
+        self.bets: dict[str, Bet] = {}
+        self.exposure: dict[str, int] = {}  # fixed odds: liability; pool: stakes
+        self.odds: dict[str, int | None] = {}
+        self.model: pricing.FixedOddsModel | None = None
+        self.winner: str | None = None
+        self.settled_at: float | None = None
+
+    def reprice(self) -> None:
+        if self.type == "pool":
+            self.odds = pricing.pool_odds(self.exposure, self.takeout_bp)
+        else:
+            assert self.model is not None
+            self.odds = self.model.price(self.exposure)
+
+    def add_exposure(self, bet: Bet, sign: int) -> None:
+        self.exposure[bet.selection] += sign * (
+            bet.amount if self.type == "pool" else (bet.potential or 0)
+        )
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "event_id": self.event_id, "name": self.name, "type": self.type,
+            "status": self.status,
+            "selections": [{"key": k, "name": n, "odds": pricing.x100_to_odds(self.odds[k])}
+                           for k, n in zip(self.keys, self.names, strict=True)],
+            "min_stake": self.min_stake, "max_stake": self.max_stake,
+            "max_payout": self.max_payout, "winner": self.winner,
+            "takeout_bp": self.takeout_bp if self.type == "pool" else None,
+        }
+
+    def odds_view(self) -> dict[str, Any]:
+        return {k: pricing.x100_to_odds(v) for k, v in self.odds.items()}
+
+
+def _dt(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+class MarketKind(EntityKind[Market]):
+    name = "markets"
+
+    def __init__(self, host: Any) -> None:
+        super().__init__(host)
+        self._wallets: Any = None
+
+    async def wallets(self) -> Any:
+        """The wallet router of this host process (created on first use)."""
+        if self._wallets is None:
+            from .client import AsyncLootify
+
+            client = await AsyncLootify.create(kinds=("wallets",), settings=self.host.settings)
+            self._wallets = client.routers["wallets"]
+        return self._wallets
+
+    # -- activation ----------------------------------------------------------
+
+    async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, Market]:
+        markets = {i: Market(i) for i in ids}
+        for r in await conn.fetch(
+            "select id::text, event_id::text, name, type, status, selections, pricing, "
+            "min_stake, max_stake, max_payout, winner, version, settled_at "
+            "from bets.markets where id = any($1::uuid[])", ids,
+        ):
+            m = markets[r["id"]]
+            m.event_id, m.name, m.type, m.status = r["event_id"], r["name"], r["type"], r["status"]
+            selections = json.loads(r["selections"])
+            m.keys = [s["key"] for s in selections]
+            m.names = [s["name"] for s in selections]
+            p = json.loads(r["pricing"])
+            m.takeout_bp = p.get("takeout_bp", 0)
+            m.model = pricing.FixedOddsModel.from_json(m.keys, p) if m.type == "fixed_odds" else None
+            m.min_stake, m.max_stake, m.max_payout = r["min_stake"], r["max_stake"], r["max_payout"]
+            m.winner, m.version = r["winner"], r["version"]
+            m.stored_version = m.version
+            m.settled_at = _epoch(r["settled_at"])
+            m.exposure = dict.fromkeys(m.keys, 0)
+        for r in await conn.fetch(
+            "select id::text, market_id::text, user_id::text, selection, amount, odds_x100, "
+            "potential_payout, status, payout, stake, payout_state, placed_at, settled_at "
+            "from bets.bets where market_id = any($1::uuid[])", ids,
+        ):
+            m = markets[r["market_id"]]
+            bet = Bet(r["id"], r["user_id"], r["selection"], r["amount"], r["odds_x100"],
+                      r["potential_payout"], r["status"], r["payout"], r["stake"],
+                      r["payout_state"], _epoch(r["placed_at"]), _epoch(r["settled_at"]))
+            m.bets[bet.id] = bet
+            if bet.status == "accepted":
+                m.add_exposure(bet, +1)
+        for m in markets.values():
+            if m.event_id is not None:
+                m.reprice()
+        return markets
+
+    # -- the saga's first step -----------------------------------------------------
+
+    async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
+        to_reserve: list[Op] = []
+        for op in ops:
+            msg = op.message
+            if not isinstance(msg, PlaceBet):
+                continue
+            m = self.host.entities[op.entity_id].state
+            if m.event_id is None or msg.bet_id in m.bets:
+                continue  # apply answers: not found, or a replay
+            try:
+                self._check_bet(m, msg)
+            except LootifyError as exc:
+                op.prepared = exc
+                continue
+            to_reserve.append(op)
+        if not to_reserve:
+            return
+        router = await self.wallets()
+        results = await asyncio.gather(
+            *(router.call(op.message.user_id,
+                          w.Reserve(op.message.amount, _stake_ref(op.message.bet_id),
+                                    RESERVATION_TIMEOUT_S))
+              for op in to_reserve),
+            return_exceptions=True,
+        )
+        for op, result in zip(to_reserve, results, strict=True):
+            op.prepared = result if isinstance(result, BaseException) else "reserved"
+
+    def _check_bet(self, m: Market, msg: PlaceBet) -> int | None:
+        """The price the bet would be accepted at now, or the reason it is refused."""
+        if m.status != "open":
+            raise MarketNotOpen(f"the market is {m.status}", status=m.status)
+        if msg.selection not in m.odds:
+            raise InvalidInput(f"unknown selection {msg.selection!r}", field="selection")
+        if msg.amount < m.min_stake:
+            raise StakeTooLow(f"the minimum stake is {m.min_stake}", min_stake=m.min_stake)
+        if msg.amount > m.max_stake:
+            raise StakeTooHigh(f"the maximum stake is {m.max_stake}", max_stake=m.max_stake)
+        current = m.odds[msg.selection]
+        if m.type == "pool":
+            return current
+        assert current is not None
+        if msg.odds_x100 is not None and msg.accept != "any":
+            if msg.accept == "exact" and current != msg.odds_x100:
+                raise OddsChanged("the price moved", odds=current)
+            if msg.accept == "higher" and current < msg.odds_x100:
+                raise OddsChanged("the price moved below yours", odds=current)
+        if m.max_payout is not None and pricing.fixed_payout(msg.amount, current) > m.max_payout:
+            raise PayoutTooHigh(f"the maximum payout is {m.max_payout}", max_payout=m.max_payout)
+        return current
+
+    # -- messages ------------------------------------------------------------
+
+    def apply(self, m: Market, msg: Any, round_: Round, op: Op) -> Any:
+        if isinstance(msg, CreateMarket):
+            return self._create(m, msg, round_)
+        if m.event_id is None:
+            raise NotFound(f"no market {m.id}")
+        if isinstance(msg, GetMarket):
+            return m.view()
+        if isinstance(msg, PlaceBet):
+            return self._place(m, msg, round_, op)
+        if isinstance(msg, CancelBet):
+            return self._cancel(m, msg, round_)
+        if isinstance(msg, Transition):
+            return self._transition(m, msg.action, round_)
+        if isinstance(msg, SetOdds):
+            return self._set_odds(m, msg, round_)
+        if isinstance(msg, Settle):
+            return self._settle(m, msg.winner, round_)
+        if isinstance(msg, MoneyMoved):
+            return self._money_moved(m, msg, round_)
+        if isinstance(msg, Recover):
+            unfinished = [b for b in m.bets.values()
+                          if b.stake == "reserved" or b.payout_state == "owed"]
+            round_.writes.append(("recover", m.id, unfinished))
+            return len(unfinished)
+        raise InvalidInput(f"unknown market message {type(msg).__name__}")
+
+    def _create(self, m: Market, msg: CreateMarket, round_: Round) -> dict:
+        if m.event_id is not None:
+            raise Conflict(f"market {m.id} exists")
+        m.event_id, m.name, m.type, m.status = msg.event_id, msg.name, msg.type, "open"
+        m.keys = [s[0] for s in msg.selections]
+        m.names = [s[1] for s in msg.selections]
+        m.takeout_bp = msg.takeout_bp
+        m.min_stake, m.max_stake, m.max_payout = msg.min_stake, msg.max_stake, msg.max_payout
+        m.exposure = dict.fromkeys(m.keys, 0)
+        if m.type == "fixed_odds":
+            m.model = pricing.FixedOddsModel.from_odds(
+                {k: o for k, _, o in msg.selections}, overround=msg.overround)
+        m.reprice()
+        self._touch(m, round_, "status_changed")
+        return m.view()
+
+    def _place(self, m: Market, msg: PlaceBet, round_: Round, op: Op) -> dict:
+        existing = m.bets.get(msg.bet_id)
+        if existing is not None:
+            same = (existing.user_id, existing.selection, existing.amount) == (
+                msg.user_id, msg.selection, msg.amount)
+            if not same:
+                raise IdempotencyConflict(f"bet {msg.bet_id} exists with other arguments")
+            return existing.view(m.id)
+        if isinstance(op.prepared, BaseException):
+            raise op.prepared
+        if op.prepared != "reserved":  # not prepared: the market did not exist then
+            raise Conflict("the bet was not prepared; retry")
+        try:
+            price = self._check_bet(m, msg)
+        except LootifyError:
+            round_.writes.append(("release", m.id, msg.user_id, msg.bet_id))
+            raise
+        potential = None if m.type == "pool" else pricing.fixed_payout(msg.amount, price)
+        bet = Bet(msg.bet_id, msg.user_id, msg.selection, msg.amount, price, potential)
+        m.bets[bet.id] = bet
+        m.add_exposure(bet, +1)
+        m.reprice()
+        round_.writes.append(("bet_new", m.id, bet))
+        self._touch(m, round_, "odds")
+        return bet.view(m.id)
+
+    def _cancel(self, m: Market, msg: CancelBet, round_: Round) -> dict:
+        bet = m.bets.get(msg.bet_id)
+        if bet is None or bet.user_id != msg.user_id:
+            raise NotFound(f"no bet {msg.bet_id}")
+        if bet.status == "cancelled":
+            return bet.view(m.id)
+        if m.status != "open":
+            raise MarketNotOpen("bets can be cancelled only while the market is open")
+        if bet.status != "accepted":
+            raise InvalidTransition(f"the bet is {bet.status}")
+        m.add_exposure(bet, -1)
+        bet.status, bet.payout, bet.payout_state = "cancelled", bet.amount, "owed"
+        bet.settled_at = time.time()
+        m.reprice()
+        round_.writes.append(("bet_update", m.id, bet))
+        self._touch(m, round_, "odds")
+        return bet.view(m.id)
+
+    def _transition(self, m: Market, action: str, round_: Round) -> dict:
+        if action not in TRANSITIONS:
+            raise InvalidInput(f"unknown action {action!r}")
+        sources, target = TRANSITIONS[action]
+        if m.status not in sources:
+            if m.status == "settled":
+                raise AlreadySettled("the market is settled")
+            raise InvalidTransition(f"cannot {action} a market that is {m.status}")
+        m.status = target
+        if target == "void":
+            now = time.time()
+            for bet in m.bets.values():
+                if bet.status == "accepted":
+                    m.add_exposure(bet, -1)
+                    bet.status, bet.payout, bet.payout_state = "void", bet.amount, "owed"
+                    bet.settled_at = now
+                    round_.writes.append(("bet_update", m.id, bet))
+            m.settled_at = now
+            m.reprice()
+        self._touch(m, round_, "status_changed")
+        return m.view()
+
+    def _set_odds(self, m: Market, msg: SetOdds, round_: Round) -> dict:
+        if m.type != "fixed_odds":
+            raise InvalidTransition("pool odds follow the pools; they cannot be set")
+        if m.status in ("settled", "void"):
+            raise InvalidTransition(f"the market is {m.status}")
+        new = dict(m.odds)
+        for key, odds in msg.odds:
+            if key not in new:
+                raise InvalidInput(f"unknown selection {key!r}", field="odds")
+            new[key] = odds
+        m.model = pricing.FixedOddsModel.from_odds(
+            {k: v for k, v in new.items() if v is not None}, liability=dict(m.exposure),
+            depth=m.model.depth if m.model else pricing.DEFAULT_DEPTH)
+        m.reprice()
+        self._touch(m, round_, "odds")
+        return m.view()
+
+    def _settle(self, m: Market, winner: str, round_: Round) -> dict:
+        if m.status == "settled":
+            raise AlreadySettled(f"the market was settled ({m.winner} won)")
+        if m.status != "closed":
+            raise InvalidTransition(f"cannot settle a market that is {m.status}; close it first")
+        if winner not in m.exposure:
+            raise InvalidInput(f"unknown selection {winner!r}", field="winner")
+        accepted = [b for b in m.bets.values() if b.status == "accepted"]
+        now = time.time()
+        pool = winning = 0
+        if m.type == "pool":
+            pool = sum(b.amount for b in accepted)
+            winning = sum(b.amount for b in accepted if b.selection == winner)
+            if winning == 0:  # nobody to pay: the round is void, stakes back
+                return self._transition(m, "void", round_)
+        for bet in accepted:
+            if bet.selection == winner:
+                bet.status = "won"
+                bet.payout = (pricing.pool_payout(bet.amount, pool, winning, m.takeout_bp)
+                              if m.type == "pool" else bet.potential or 0)
+                bet.payout_state = "owed" if bet.payout else "none"
+            else:
+                bet.status = "lost"
+            bet.settled_at = now
+        m.status, m.winner, m.settled_at = "settled", winner, now
+        round_.writes.append(("settle", m.id, winner, accepted, pool if m.type == "pool" else 0,
+                              winning if m.type == "pool" else 1))
+        self._touch(m, round_, "status_changed")
+        return m.view()
+
+    def _money_moved(self, m: Market, msg: MoneyMoved, round_: Round) -> None:
+        for bet_id in msg.staked:
+            bet = m.bets[bet_id]
+            if bet.stake == "reserved":
+                bet.stake = "committed"
+                round_.writes.append(("bet_update", m.id, bet))
+        for bet_id in msg.returned:
+            bet = m.bets[bet_id]
+            if bet.stake == "reserved":  # the reservation ended first: the bet never stood
+                if bet.status == "accepted":
+                    m.add_exposure(bet, -1)
+                    m.reprice()
+                bet.stake, bet.status, bet.payout, bet.payout_state = "returned", "void", 0, "none"
+                round_.writes.append(("bet_update", m.id, bet))
+                self._touch(m, round_, "odds")
+        for bet_id in msg.paid:
+            bet = m.bets[bet_id]
+            if bet.payout_state == "owed":
+                bet.payout_state = "paid"
+                round_.writes.append(("bet_update", m.id, bet))
+
+    def _touch(self, m: Market, round_: Round, change: str) -> None:
+        m.version += 1
+        round_.writes.append(("market", m.id, m, change))
+
+    # -- persistence -----------------------------------------------------------
+
+    async def persist(self, conn: asyncpg.Connection, round_: Round) -> None:
+        markets: dict[str, Market] = {}
+        new_bets: list[Bet] = []
+        bet_market: dict[str, str] = {}
+        updated: dict[str, Bet] = {}
+        settles = []
+        for write in round_.writes:
+            tag = write[0]
+            if tag == "market":
+                markets[write[1]] = write[2]
+            elif tag == "bet_new":
+                new_bets.append(write[2])
+                bet_market[write[2].id] = write[1]
+            elif tag == "bet_update":
+                updated[write[2].id] = write[2]
+            elif tag == "settle":
+                settles.append(write)
+        shards = self.host.settings.shards
+        fresh = [m for m in markets.values() if m.stored_version < 0]
+        for m in fresh:
+            await conn.execute(
+                "insert into bets.markets (id, event_id, shard, name, type, status, selections, "
+                "pricing, odds, min_stake, max_stake, max_payout, version) "
+                "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                m.id, m.event_id, shard_of(m.id, shards), m.name, m.type, m.status,
+                json.dumps([{"key": k, "name": n} for k, n in zip(m.keys, m.names, strict=True)]),
+                json.dumps(_pricing_json(m)), json.dumps(m.odds), m.min_stake, m.max_stake,
+                m.max_payout, m.version,
+            )
+        if new_bets:
+            await conn.copy_records_to_table(
+                "bets", schema_name="bets",
+                columns=["id", "user_id", "market_id", "selection", "amount", "odds_x100",
+                         "potential_payout", "status", "payout", "stake", "payout_state",
+                         "placed_at"],
+                records=[(b.id, b.user_id, bet_market[b.id], b.selection, b.amount, b.odds_x100,
+                          b.potential, b.status, b.payout, b.stake, b.payout_state,
+                          _dt(b.placed_at)) for b in new_bets],
+            )
+        for _, market_id, winner, _accepted, pool, winning in settles:
+            m = markets[market_id]
+            await conn.execute(
+                "update bets.bets set status = case when selection = $2 then 'won' else 'lost' end, "
+                "payout = case when selection <> $2 then 0 "
+                "  when $3::text = 'pool' "
+                "  then div(amount::numeric * $4::bigint * ($5::int - $6::int), $7::numeric * $5::int) "
+                "  else potential_payout end, "
+                "settled_at = $8 where market_id = $1 and status = 'accepted'",
+                market_id, winner, m.type, pool, pricing.BASIS, m.takeout_bp, winning,
+                _dt(m.settled_at),
+            )
+            await conn.execute(
+                "update bets.bets set payout_state = 'owed' "
+                "where market_id = $1 and status = 'won' and payout > 0 and payout_state = 'none'",
+                market_id,
+            )
+        if updated:
+            bets = list(updated.values())
+            await conn.execute(
+                "update bets.bets b set status = u.status, payout = u.payout, stake = u.stake, "
+                "payout_state = u.payout_state, settled_at = u.settled_at "
+                "from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
+                "$6::timestamptz[]) as u(id, status, payout, stake, payout_state, settled_at) "
+                "where b.id = u.id",
+                [b.id for b in bets], [b.status for b in bets], [b.payout for b in bets],
+                [b.stake for b in bets], [b.payout_state for b in bets],
+                [_dt(b.settled_at) for b in bets],
+            )
+        for m in markets.values():
+            if m.stored_version < 0:
+                continue
+            status = await conn.execute(
+                "update bets.markets set status = $2, pricing = $3, odds = $4, winner = $5, "
+                "version = $6, settled_at = $7 where id = $1 and version = $8",
+                m.id, m.status, json.dumps(_pricing_json(m)), json.dumps(m.odds), m.winner,
+                m.version, _dt(m.settled_at), m.stored_version,
+            )
+            if status != "UPDATE 1":
+                raise RuntimeError(f"market {m.id} changed under this activation")
+
+        def remember() -> None:
+            for m in markets.values():
+                m.stored_version = m.version
+
+        round_.after_commit.append(remember)
+
+    # -- the saga's last step ----------------------------------------------------
+
+    def finish(self, round_: Round) -> Any:
+        stakes: dict[str, tuple[str, Bet]] = {}
+        pays: dict[str, tuple[str, Bet]] = {}
+        releases: list[tuple[str, str]] = []
+        for write in round_.writes:
+            tag = write[0]
+            if tag == "bet_new":
+                stakes[write[2].id] = (write[1], write[2])
+            elif tag == "release":
+                releases.append((write[2], write[3]))
+            elif tag in ("bet_update", "recover"):
+                for bet in write[2] if tag == "recover" else [write[2]]:
+                    self._collect(write[1], bet, stakes, pays)
+            elif tag == "settle":
+                for bet in write[3]:
+                    self._collect(write[1], bet, stakes, pays)
+        if not (stakes or pays or releases):
+            return None
+        return self._move_money(stakes, pays, releases)
+
+    @staticmethod
+    def _collect(market_id: str, bet: Bet, stakes: dict, pays: dict) -> None:
+        if bet.stake == "reserved":
+            stakes[bet.id] = (market_id, bet)
+        if bet.payout_state == "owed":
+            pays[bet.id] = (market_id, bet)
+
+    async def _move_money(self, stakes: dict, pays: dict, releases: list) -> None:
+        """Commit stakes, then credit what is owed, then record it in the markets."""
+        router = await self.wallets()
+        moved: dict[str, dict[str, list[str]]] = defaultdict(
+            lambda: {"staked": [], "returned": [], "paid": []})
+        items = list(stakes.values())
+        outcomes = await asyncio.gather(
+            *(router.call(bet.user_id, w.Commit(_stake_ref(bet.id), None, f"market:{mid}"))
+              for mid, bet in items),
+            *(router.call(uid, w.Release(_stake_ref(bet_id))) for uid, bet_id in releases),
+            return_exceptions=True,
+        )
+        for (mid, bet), outcome in zip(items, outcomes, strict=False):
+            if not isinstance(outcome, BaseException):
+                moved[mid]["staked"].append(bet.id)
+            elif isinstance(outcome, (ReservationResolved, NotFound)):
+                moved[mid]["returned"].append(bet.id)
+        returned = {b for m in moved.values() for b in m["returned"]}
+        owed = [(mid, bet) for mid, bet in pays.values()
+                if bet.id not in returned and (bet.stake == "committed" or bet.id in stakes)]
+        credits = await asyncio.gather(
+            *(router.call(bet.user_id, w.Credit(
+                bet.payout, f"pay:{bet.id}", f"market:{mid}",
+                "payout" if bet.status == "won" else "bet_refund")) for mid, bet in owed),
+            return_exceptions=True,
+        )
+        for (mid, bet), outcome in zip(owed, credits, strict=True):
+            if not isinstance(outcome, BaseException):
+                moved[mid]["paid"].append(bet.id)
+        for mid, ids in moved.items():
+            self.host.submit(mid, MoneyMoved(tuple(ids["staked"]), tuple(ids["returned"]),
+                                             tuple(ids["paid"]))).add_done_callback(
+                w._ignore_outcome)
+
+    async def tick(self) -> None:
+        """Recovery: finish the money of bets a crash left half-way."""
+        async with self.host.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "select distinct b.market_id::text as id from bets.bets b "
+                "join bets.markets m on m.id = b.market_id "
+                "where (b.stake = 'reserved' or b.payout_state = 'owed') "
+                "and m.shard = any($1::int[]) "
+                "and coalesce(b.settled_at, b.placed_at) < now() - make_interval(secs => $2) "
+                "limit 100",
+                list(self.host.owned), RECOVERY_AGE_S,
+            )
+        for r in rows:
+            self.host.submit(r["id"], Recover()).add_done_callback(w._ignore_outcome)
+
+    # -- reads that need no entity ---------------------------------------------------
+
+    async def query(self, name: str, args: dict[str, Any]) -> Any:
+        from . import catalog
+
+        handler = getattr(catalog, name, None)
+        if handler is None or name.startswith("_"):
+            return await super().query(name, args)
+        async with self.host.pool.acquire() as conn:
+            return await handler(conn, **args)
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """Internal: resend the money moves of this market's unfinished bets."""
+
+
+def _pricing_json(m: Market) -> dict:
+    if m.type == "pool":
+        return {"model": "pool", "takeout_bp": m.takeout_bp}
+    assert m.model is not None
+    return m.model.to_json()
+
+
+def _stake_ref(bet_id: str) -> str:
+    return f"bet:{bet_id}"
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+MARKET_TYPES = ("fixed_odds", "pool")
+DEFAULT_MIN_STAKE = 100
+DEFAULT_MAX_STAKE = 1_000_000
+
+
+def new_market_message(
+    event_id: str, name: object, type: object, selections: object, overround: object,
+    takeout: object, min_stake: int | None, max_stake: int | None, max_payout: int | None,
+) -> CreateMarket:
+    """Validate an operator's market definition into the entity's create message."""
+    if not isinstance(name, str) or not 0 < len(name.strip()) <= 200:
+        raise InvalidInput("name must be 1-200 characters", field="name")
+    if type not in MARKET_TYPES:
+        raise InvalidInput("type must be fixed_odds or pool", field="type")
+    if not isinstance(selections, list) or not 2 <= len(selections) <= 50:
+        raise InvalidInput("a market needs 2 to 50 selections", field="selections")
+    parsed = []
+    for s in selections:
+        if not isinstance(s, dict) or not _KEY.match(str(s.get("key", ""))):
+            raise InvalidInput("each selection needs a key of letters, digits, - or _",
+                               field="selections")
+        label = s.get("name") or s["key"]
+        odds = s.get("odds")
+        if type == "fixed_odds" and odds is None:
+            raise InvalidInput(f"selection {s['key']} needs odds", field="selections")
+        parsed.append((s["key"], str(label)[:200],
+                       pricing.odds_to_x100(parse_odds(odds)) if type == "fixed_odds" else None))
+    if len({k for k, _, _ in parsed}) != len(parsed):
+        raise InvalidInput("selection keys must be unique", field="selections")
+    takeout_bp = 0
+    if type == "pool":
+        fraction = _fraction(takeout if takeout is not None else "0", "takeout", upper=Decimal("0.5"))
+        takeout_bp = int(fraction * pricing.BASIS)
+    margin = None
+    if overround is not None:
+        margin = float(_fraction(overround, "overround", lower=Decimal("1"), upper=Decimal("2")))
+    low = DEFAULT_MIN_STAKE if min_stake is None else check_amount(min_stake, field="min_stake")
+    high = DEFAULT_MAX_STAKE if max_stake is None else check_amount(max_stake, field="max_stake")
+    if low > high:
+        raise InvalidInput("min_stake exceeds max_stake", field="min_stake")
+    cap = None if max_payout is None else check_amount(max_payout, field="max_payout")
+    return CreateMarket(event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high,
+                        cap, margin)
+
+
+def _fraction(value: object, field: str, lower: Decimal = Decimal(0),
+              upper: Decimal = Decimal(1)) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise InvalidInput(f"{field} must be a decimal", field=field) from exc
+    if not number.is_finite() or not lower <= number <= upper or number != number.quantize(
+            Decimal("0.0001")):
+        raise InvalidInput(f"{field} must lie in [{lower}, {upper}] with at most 4 places",
+                           field=field)
+    return number

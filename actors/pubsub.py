@@ -1,0 +1,514 @@
+"""Phoenix.PubSub, mirrored on Ray: host actors publish, Serve replicas subscribe.
+
+* `PubSub` is one named detached actor (`pubsub`, restarted by Ray). It keeps, per
+  subscriber (a Serve replica), the set of topics it wants and a bounded queue of
+  events for it; a subscriber long-polls that queue (`poll`, waiting up to ~1 s).
+  Topics are exact (`user:<id>`) or prefix patterns ending in `*` (`event:*`).
+* `Publisher` (one per process, `get_publisher`) buffers `publish()` calls and sends
+  them every ~15 ms in one Ray call. Each answer also brings the changes to the set
+  of subscribed topics, so a publisher drops events nobody listens to. That set is
+  trusted only while it is fresh (`STALE_S` since the request that brought it), so
+  an event published `STALE_S` after a subscription completed is never dropped:
+  `Subscriber.subscribe` waits that long before a new topic counts as joined.
+* `Subscriber` (one per replica) keeps the local callbacks per topic, registers its
+  topics with PubSub, and re-registers them after PubSub restarts (PubSub then no
+  longer knows it). Events are ephemeral: whatever was lost meanwhile, clients
+  resync when they rejoin; `on_resync` callbacks (the read caches) reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from .config import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+NAME = "pubsub"
+STALE_S = 0.1  # how long a publisher trusts its copy of the subscribed topics
+JOIN_WAIT_S = STALE_S + 0.02  # a new subscription is safe to report after this
+FLUSH_S = 0.015
+POLL_WAIT_S = 1.0
+QUEUE_MAX = 100_000  # events per subscriber waiting for its next poll
+BUFFER_MAX = 100_000  # events per publisher waiting for a flush
+CHANGES_MAX = 50_000  # topic-set changes kept for publishers' deltas
+SUBSCRIBER_TTL_S = 30.0  # a subscriber that has not polled for this long is dropped
+
+Event = tuple[str, str, dict]
+
+
+def _pattern_of(topic: str) -> str:
+    return topic.split(":", 1)[0] + ":*"
+
+
+class _Sub:
+    __slots__ = ("topics", "queue", "wake", "seen", "lost")
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+        self.queue: deque[Event] = deque()
+        self.wake = asyncio.Event()
+        self.seen = time.monotonic()
+        self.lost = 0
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=100_000)
+class PubSub:
+    """The broker. State is memory only: after a restart subscribers register again."""
+
+    def __init__(self) -> None:
+        self.epoch = uuid.uuid4().hex
+        self.subs: dict[str, _Sub] = {}
+        self.counts: dict[str, int] = {}  # topic -> subscribers
+        self.by_topic: dict[str, set[str]] = {}  # topic -> subscriber ids
+        self.version = 0
+        self.changes: deque[tuple[int, str, bool]] = deque()  # (version, topic, present)
+        self.published = 0
+        self.delivered = 0
+        self._reaper: asyncio.Task | None = None
+
+    # -- subscribers -------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap())
+
+    def _add(self, sub_id: str, sub: _Sub, topic: str) -> bool:
+        if topic in sub.topics:
+            return False
+        sub.topics.add(topic)
+        self.by_topic.setdefault(topic, set()).add(sub_id)
+        count = self.counts.get(topic, 0)
+        self.counts[topic] = count + 1
+        if count == 0:
+            self._changed(topic, True)
+            return True
+        return False
+
+    def _remove(self, sub_id: str, sub: _Sub, topic: str) -> None:
+        if topic not in sub.topics:
+            return
+        sub.topics.discard(topic)
+        ids = self.by_topic.get(topic)
+        if ids is not None:
+            ids.discard(sub_id)
+            if not ids:
+                del self.by_topic[topic]
+        count = self.counts.get(topic, 0) - 1
+        if count <= 0:
+            self.counts.pop(topic, None)
+            self._changed(topic, False)
+        else:
+            self.counts[topic] = count
+
+    def _changed(self, topic: str, present: bool) -> None:
+        self.version += 1
+        self.changes.append((self.version, topic, present))
+        while len(self.changes) > CHANGES_MAX:
+            self.changes.popleft()
+
+    async def register(self, sub_id: str, topics: list[str]) -> list[str]:
+        """Add `topics` to the subscriber (created if unknown); the ones that had no
+        subscriber anywhere before."""
+        self._start()
+        sub = self.subs.get(sub_id)
+        if sub is None:
+            sub = self.subs[sub_id] = _Sub()
+        sub.seen = time.monotonic()
+        return [t for t in topics if self._add(sub_id, sub, t)]
+
+    async def subscribe(self, sub_id: str, topics: list[str]) -> tuple[bool, list[str]]:
+        """`(known, new)`: `known` False means this broker did not know the subscriber
+        (it restarted): the subscriber must `register` all its topics again."""
+        known = sub_id in self.subs
+        return known, await self.register(sub_id, topics)
+
+    async def unsubscribe(self, sub_id: str, topics: list[str]) -> None:
+        sub = self.subs.get(sub_id)
+        if sub is not None:
+            for topic in topics:
+                self._remove(sub_id, sub, topic)
+
+    async def drop(self, sub_id: str) -> None:
+        sub = self.subs.pop(sub_id, None)
+        if sub is not None:
+            for topic in list(sub.topics):
+                self._remove(sub_id, sub, topic)
+            sub.wake.set()
+
+    async def poll(self, sub_id: str, wait_s: float = POLL_WAIT_S) -> tuple[bool, int, list[Event]]:
+        """`(known, lost, events)`: the events queued for the subscriber, waiting up to
+        `wait_s` for one; `lost` counts events dropped since the last poll (its queue
+        overflowed). `known` False: register again."""
+        self._start()
+        sub = self.subs.get(sub_id)
+        if sub is None:
+            return False, 0, []
+        sub.seen = time.monotonic()
+        if not sub.queue:
+            sub.wake.clear()
+            try:
+                await asyncio.wait_for(sub.wake.wait(), timeout=max(0.0, min(wait_s, 5.0)))
+            except TimeoutError:
+                pass
+            if self.subs.get(sub_id) is not sub:
+                return False, 0, []
+        events = list(sub.queue)
+        sub.queue.clear()
+        lost, sub.lost = sub.lost, 0
+        sub.seen = time.monotonic()
+        return True, lost, events
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(SUBSCRIBER_TTL_S / 3)
+            cutoff = time.monotonic() - SUBSCRIBER_TTL_S
+            for sub_id in [i for i, s in self.subs.items() if s.seen < cutoff]:
+                log.warning("dropping subscriber %s: no poll for %ss", sub_id, SUBSCRIBER_TTL_S)
+                await self.drop(sub_id)
+
+    # -- publishers --------------------------------------------------------------------
+
+    async def publish(
+        self, events: list[Event], epoch: str | None = None, version: int = 0
+    ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
+        """Deliver `events`; answer the subscribed-topic changes since the caller's
+        `(epoch, version)`: `(epoch, version, full, delta)` with `full` the whole set
+        when a delta cannot be given (new caller, restart, too old)."""
+        self._start()
+        self.published += len(events)
+        for event in events:
+            topic = event[0]
+            targets = self.by_topic.get(topic)
+            pattern = self.by_topic.get(_pattern_of(topic))
+            if pattern:
+                targets = (targets | pattern) if targets else pattern
+            if not targets:
+                continue
+            for sub_id in targets:
+                sub = self.subs.get(sub_id)
+                if sub is None:
+                    continue
+                if len(sub.queue) >= QUEUE_MAX:
+                    sub.queue.popleft()
+                    sub.lost += 1
+                sub.queue.append(event)
+                sub.wake.set()
+                self.delivered += 1
+        return self.topics_since(epoch, version)
+
+    def topics_since(
+        self, epoch: str | None, version: int
+    ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
+        if epoch == self.epoch and version == self.version:
+            return self.epoch, self.version, None, []
+        oldest = self.changes[0][0] if self.changes else self.version + 1
+        if epoch != self.epoch or version + 1 < oldest or version > self.version:
+            return self.epoch, self.version, list(self.counts), []
+        delta = [(t, present) for v, t, present in self.changes if v > version]
+        return self.epoch, self.version, None, delta
+
+    async def topics(self, epoch: str | None = None, version: int = 0) -> tuple:
+        return self.topics_since(epoch, version)
+
+    async def ping(self) -> dict[str, Any]:
+        self._start()
+        return {
+            "epoch": self.epoch,
+            "subscribers": len(self.subs),
+            "topics": len(self.counts),
+            "published": self.published,
+            "delivered": self.delivered,
+        }
+
+
+def pubsub_handle(namespace: str | None = None) -> Any:
+    """The broker, created if missing (idempotent, from any process)."""
+    ns = namespace or RuntimeSettings().namespace
+    return PubSub.options(
+        name=NAME, namespace=ns, lifetime="detached", get_if_exists=True
+    ).remote()
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+
+class Publisher:
+    """Buffers events and sends them to PubSub in one call every ~`interval` seconds.
+
+    `publish` never blocks and never raises for delivery problems: events are
+    ephemeral (a lost one is made good when the client resyncs)."""
+
+    def __init__(self, namespace: str | None = None, *, interval: float = FLUSH_S,
+                 stale_s: float = STALE_S) -> None:
+        self.namespace = namespace or RuntimeSettings().namespace
+        self.interval = interval
+        self.stale_s = stale_s
+        self._handle: Any = None
+        self._buffer: list[Event | None] = []
+        self._latest: dict[tuple, int] = {}  # coalescing key -> index in _buffer
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._epoch: str | None = None
+        self._version = 0
+        self._topics: set[str] = set()
+        self._asked_at = float("-inf")  # when the request that brought _topics was sent
+        self.sent = 0
+        self.dropped = 0  # events nobody subscribed to
+        self.lost = 0  # events that could not be delivered (PubSub down, overflow)
+
+    def _fresh(self) -> bool:
+        return self._epoch is not None and time.monotonic() - self._asked_at <= self.stale_s
+
+    def _wanted(self, topic: str) -> bool:
+        return topic in self._topics or _pattern_of(topic) in self._topics
+
+    def publish(self, topic: str, event: str, payload: dict, coalesce: bool = False) -> None:
+        if self._fresh() and not self._wanted(topic):
+            self.dropped += 1
+            return
+        if coalesce:
+            key = (topic, event, payload.get("market_id"))
+            old = self._latest.get(key)
+            if old is not None:
+                self._buffer[old] = None
+            self._latest[key] = len(self._buffer)
+        self._buffer.append((topic, event, payload))
+        if len(self._buffer) > BUFFER_MAX:
+            self._trim()
+        self._schedule()
+
+    def _trim(self) -> None:
+        keep = [e for e in self._buffer if e is not None][-BUFFER_MAX // 2 :]
+        self.lost += len(self._buffer) - len(keep)
+        self._buffer = list(keep)
+        self._latest.clear()
+
+    def _schedule(self) -> None:
+        if self._timer is not None or (self._task is not None and not self._task.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            log.warning("Publisher.publish outside an event loop: event kept for later")
+            return
+        self._timer = loop.call_later(self.interval, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        self._task = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        backoff = self.interval
+        while True:
+            batch = [e for e in self._buffer if e is not None]
+            self._buffer = []
+            self._latest = {}
+            if self._fresh():
+                kept = [e for e in batch if self._wanted(e[0])]
+                self.dropped += len(batch) - len(kept)
+                batch = kept
+            if not batch:
+                return
+            asked = time.monotonic()
+            try:
+                if self._handle is None:
+                    self._handle = pubsub_handle(self.namespace)
+                answer = await self._handle.publish.remote(batch, self._epoch, self._version)
+            except Exception as exc:  # delivery is best effort: drop, back off, go on
+                self.lost += len(batch)
+                self._epoch = None
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    self._handle = None
+                log.warning("publish of %d events failed: %s", len(batch), type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                if not self._buffer:
+                    return
+                continue
+            self.sent += len(batch)
+            self._learn(answer, asked)
+            if not self._buffer:
+                return
+            await asyncio.sleep(self.interval)
+
+    def _learn(self, answer: tuple, asked: float) -> None:
+        epoch, version, full, delta = answer
+        if full is not None:
+            self._topics = set(full)
+        else:
+            for topic, present in delta:
+                if present:
+                    self._topics.add(topic)
+                else:
+                    self._topics.discard(topic)
+        self._epoch, self._version = epoch, version
+        self._asked_at = asked
+
+    async def drain(self) -> None:
+        """Send what is buffered now (tests, shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._start_flush()
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
+_publishers: dict[str, Publisher] = {}
+
+
+def get_publisher(namespace: str | None = None) -> Publisher:
+    """This process's publisher for `namespace` (default: the settings' namespace)."""
+    ns = namespace or RuntimeSettings().namespace
+    publisher = _publishers.get(ns)
+    if publisher is None:
+        publisher = _publishers[ns] = Publisher(ns)
+    return publisher
+
+
+# -- subscribing ---------------------------------------------------------------------------
+
+Callback = Callable[[str, str, dict], None]
+
+
+class Subscriber:
+    """One process's subscription to PubSub, shared by all its sockets and caches.
+
+    `subscribe(topic, callback)` calls `callback(topic, event, payload)` for every
+    event of `topic` (or of every topic matching a pattern such as `event:*`), in
+    the order PubSub received them, on this process's event loop."""
+
+    def __init__(self, namespace: str | None = None, *, poll_wait_s: float = POLL_WAIT_S) -> None:
+        self.namespace = namespace or RuntimeSettings().namespace
+        self.id = uuid.uuid4().hex
+        self.poll_wait_s = poll_wait_s
+        self.callbacks: dict[str, set[Callback]] = {}
+        self.on_resync: list[Callable[[], None]] = []
+        self._handle: Any = None
+        self._registered = False
+        self._control = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.healthy = False
+        self.received = 0
+        self.lost = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._handle is not None:
+            try:
+                await asyncio.wait_for(self._handle.drop.remote(self.id), timeout=2.0)
+            except Exception:
+                pass
+
+    def _get_handle(self) -> Any:
+        if self._handle is None:
+            self._handle = pubsub_handle(self.namespace)
+        return self._handle
+
+    async def subscribe(self, topic: str, callback: Callback) -> None:
+        """Deliver `topic`'s events to `callback` from the moment this returns."""
+        callbacks = self.callbacks.setdefault(topic, set())
+        first = not callbacks
+        callbacks.add(callback)
+        if not first:
+            return
+        async with self._control:
+            if topic not in self.callbacks:  # unsubscribed meanwhile
+                return
+            try:
+                known, new = await self._get_handle().subscribe.remote(self.id, [topic])
+            except Exception:
+                self._forget(topic, callback)
+                raise
+            if not known:
+                self._registered = False  # the poll loop registers every topic again
+        if new:
+            await asyncio.sleep(JOIN_WAIT_S)
+
+    def unsubscribe(self, topic: str, callback: Callback) -> None:
+        if self._forget(topic, callback):
+            asyncio.ensure_future(self._unsubscribe_remote(topic))
+
+    def _forget(self, topic: str, callback: Callback) -> bool:
+        callbacks = self.callbacks.get(topic)
+        if callbacks is None:
+            return False
+        callbacks.discard(callback)
+        if callbacks:
+            return False
+        del self.callbacks[topic]
+        return True
+
+    async def _unsubscribe_remote(self, topic: str) -> None:
+        async with self._control:
+            if topic in self.callbacks:  # subscribed again meanwhile
+                return
+            try:
+                await self._get_handle().unsubscribe.remote(self.id, [topic])
+            except Exception as exc:
+                log.warning("unsubscribe %s failed: %s", topic, type(exc).__name__)
+
+    async def _register(self) -> None:
+        async with self._control:
+            await self._get_handle().register.remote(self.id, list(self.callbacks))
+            self._registered = True
+        for hook in list(self.on_resync):
+            try:
+                hook()
+            except Exception:
+                log.exception("resync hook failed")
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            try:
+                if not self._registered:
+                    await self._register()
+                known, lost, events = await self._get_handle().poll.remote(
+                    self.id, self.poll_wait_s
+                )
+                self.healthy = True
+                backoff = 0.05
+                if not known:
+                    self._registered = False
+                    continue
+                if lost:
+                    self.lost += lost
+                    for hook in list(self.on_resync):
+                        hook()
+                self.received += len(events)
+                self._dispatch(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                self._registered = False
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    self._handle = None
+                log.warning("PubSub poll failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for topic, event, payload in events:
+            for key in (_pattern_of(topic), topic):
+                for callback in list(self.callbacks.get(key, ())):
+                    try:
+                        callback(topic, event, payload)
+                    except Exception:
+                        log.exception("subscriber callback for %s failed", topic)
