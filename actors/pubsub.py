@@ -395,6 +395,7 @@ class Subscriber:
         self._handle: Any = None
         self._registered = False
         self._control = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
         self._closed = False
         self.healthy = False
@@ -421,24 +422,40 @@ class Subscriber:
         return self._handle
 
     async def subscribe(self, topic: str, callback: Callback) -> None:
-        """Deliver `topic`'s events to `callback` from the moment this returns."""
+        """Deliver `topic`'s events to `callback` from the moment this returns (an
+        event published by anyone after that is not dropped)."""
         callbacks = self.callbacks.setdefault(topic, set())
         first = not callbacks
         callbacks.add(callback)
+        pending = self._pending.get(topic)
         if not first:
+            if pending is not None:  # another socket's subscription is on its way
+                await asyncio.shield(pending)
             return
+        pending = self._pending[topic] = asyncio.get_running_loop().create_future()
+        try:
+            new = await self._subscribe_remote(topic)
+            if new:
+                await asyncio.sleep(JOIN_WAIT_S)
+        except BaseException as exc:
+            self._forget(topic, callback)
+            pending.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            pending.exception()  # retrieved: no "never retrieved" warning
+            raise
+        else:
+            pending.set_result(None)
+        finally:
+            if self._pending.get(topic) is pending:
+                del self._pending[topic]
+
+    async def _subscribe_remote(self, topic: str) -> bool:
         async with self._control:
             if topic not in self.callbacks:  # unsubscribed meanwhile
-                return
-            try:
-                known, new = await self._get_handle().subscribe.remote(self.id, [topic])
-            except Exception:
-                self._forget(topic, callback)
-                raise
+                return False
+            known, new = await self._get_handle().subscribe.remote(self.id, [topic])
             if not known:
                 self._registered = False  # the poll loop registers every topic again
-        if new:
-            await asyncio.sleep(JOIN_WAIT_S)
+            return bool(new)
 
     def unsubscribe(self, topic: str, callback: Callback) -> None:
         if self._forget(topic, callback):

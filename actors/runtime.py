@@ -61,6 +61,11 @@ def host_name(kind: str, index: int) -> str:
     return f"{kind}-host-{index}"
 
 
+class RetryRound(Exception):
+    """Raised by `EntityKind.persist`: the round's guesses were wrong; run it again
+    with `careful` set (nothing was committed, nothing answered)."""
+
+
 class WrongHost(LootifyError):
     """The shard moved: the caller refreshes its directory and resends."""
 
@@ -98,6 +103,7 @@ class EntityKind(Generic[State]):
 
     def __init__(self, host: EntityHost) -> None:
         self.host = host
+        self.careful = False  # set for the round after a `RetryRound`
 
     async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, State]:
         """Activate `ids` (all absent from memory) in one query; unknown ids get a
@@ -205,6 +211,8 @@ class EntityHost:
         self.kind = _kind_class(kind)(self)
         self.rounds = 0
         self.ops_done = 0
+        # Seconds spent per phase of a round, summed (exported as metrics).
+        self.phase_seconds = {"load": 0.0, "prepare": 0.0, "apply": 0.0, "commit": 0.0}
         self._started: asyncio.Future | None = None
 
     def _ready(self) -> asyncio.Future:
@@ -267,6 +275,7 @@ class EntityHost:
             "queued": len(self.queue),
             "rounds": self.rounds,
             "ops": self.ops_done,
+            "phase_seconds": dict(self.phase_seconds),
         }
 
     async def passivate_all(self) -> int:
@@ -311,14 +320,21 @@ class EntityHost:
             return
         assert self.pool is not None
         round_ = Round()
+        phases = self.phase_seconds
         async with self.pool.acquire() as conn:
+            t0 = time.perf_counter()
             missing = list({op.entity_id for op in ops if op.entity_id not in self.entities})
             if missing:
                 for entity_id, state in (await self.kind.load(conn, missing)).items():
                     self.entities[entity_id] = Entry(state, now)
+            t1 = time.perf_counter()
             await self.kind.prepare(conn, ops)
+            t2 = time.perf_counter()
+            phases["load"] += t1 - t0
+            phases["prepare"] += t2 - t1
 
             answered: list[tuple[Op, Any]] = []
+            refused: list[tuple[Op, LootifyError]] = []
             crashed: set[str] = set()
             deferred: list[Op] = []
             for op in ops:
@@ -331,7 +347,7 @@ class EntityHost:
                 try:
                     answered.append((op, self.kind.apply(entry.state, op.message, round_, op)))
                 except LootifyError as exc:
-                    op.future.set_exception(exc)
+                    refused.append((op, exc))
                 except Exception as exc:
                     log.exception("entity %s crashed on %r", op.entity_id, op.message)
                     round_.rollback(mark)
@@ -340,10 +356,22 @@ class EntityHost:
                         EntityCrashed(f"{type(exc).__name__} in {self.kind_name} entity; rebuilt")
                     )
 
+            t3 = time.perf_counter()
+            phases["apply"] += t3 - t2
             try:
                 if round_.writes:
                     async with conn.transaction():
                         await self.kind.persist(conn, round_)
+                phases["commit"] += time.perf_counter() - t3
+            except RetryRound:
+                # Memory acted on a guess the database refused (e.g. a reference id
+                # used before this activation): rebuild and rerun the round carefully.
+                for op in ops:
+                    self.entities.pop(op.entity_id, None)
+                self.kind.careful = True
+                self.queue[:0] = [op for op in ops if not op.future.done()]
+                self.wake.set()
+                return
             except Exception as exc:  # whatever failed the commit, nothing of the round stands
                 log.exception("round commit failed")
                 # Memory ran ahead of the database: rebuild every touched entity.
@@ -353,6 +381,8 @@ class EntityHost:
                     op.future.set_exception(Unavailable(f"storage failed: {type(exc).__name__}"))
                 return
 
+        for op, error in refused:
+            op.future.set_exception(error)
         for entity_id in crashed:
             self.entities.pop(entity_id, None)
         for hook in round_.after_commit:

@@ -37,7 +37,7 @@ from .errors import (
     ReservationResolved,
 )
 from .money import check_amount
-from .runtime import EntityKind, Op, Round, shard_of
+from .runtime import EntityKind, Op, RetryRound, Round, shard_of
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 RECENT_RESULTS = 100_000
@@ -214,8 +214,15 @@ class WalletKind(EntityKind[Wallet]):
         return wallets
 
     async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
+        """Find earlier results the round needs. Optimistic: a fresh reference id is
+        assumed new (the unique key on operations catches the rare replay of one this
+        activation has not seen, and the round reruns carefully); only resolutions of
+        reservations no longer open must be looked up, as must everything in a
+        careful round."""
+        careful, self.careful = self.careful, False
         self.round_priors = {}
         unknown = {}
+        entities = self.host.entities
         for op in ops:
             key = _op_key(op.message)
             if key is None:
@@ -224,24 +231,11 @@ class WalletKind(EntityKind[Wallet]):
             prior = self.recent.get(k)
             if prior is not None:
                 self.round_priors[k] = prior
-            else:
+            elif careful or (key.startswith("resolve:") and op.message.reference_id not in (
+                    entities[op.entity_id].state.pending or ())):
                 unknown[k] = None
         if not unknown:
             return
-        wallet_ids = [k[0] for k in unknown]
-        keys = [k[1] for k in unknown]
-        for r in await conn.fetch(
-            "select o.wallet_id::text as id, o.op_key, o.args, o.kind, o.available_after, "
-            "o.reserved_after from wallets.operations o "
-            "join unnest($1::uuid[], $2::text[]) as k(wallet_id, op_key) "
-            "on o.wallet_id = k.wallet_id and o.op_key = k.op_key",
-            wallet_ids,
-            keys,
-        ):
-            self.round_priors[(r["id"], r["op_key"])] = Prior(
-                r["args"], r["kind"], r["available_after"], r["reserved_after"]
-            )
-
     def apply(self, w: Wallet, message: Any, round_: Round, op: Op) -> Balance:
         self._expire_due(w, round_)
         if isinstance(message, GetBalance):
@@ -361,13 +355,16 @@ class WalletKind(EntityKind[Wallet]):
     async def persist(self, conn: asyncpg.Connection, round_: Round) -> None:
         writes: list[Write] = round_.writes
         shards = self.host.settings.shards
-        await conn.copy_records_to_table(
-            "operations", schema_name="wallets",
-            columns=["id", "wallet_id", "op_key", "seq", "kind", "reference_id", "amount",
-                     "args", "available_after", "reserved_after"],
-            records=[(uuid.uuid4(), x.wallet.id, x.op_key, x.seq, x.kind, x.reference_id,
-                      x.amount, x.args, x.available, x.reserved) for x in writes],
-        )
+        try:
+            await conn.copy_records_to_table(
+                "operations", schema_name="wallets",
+                columns=["id", "wallet_id", "op_key", "seq", "kind", "reference_id", "amount",
+                         "args", "available_after", "reserved_after"],
+                records=[(uuid.uuid4(), x.wallet.id, x.op_key, x.seq, x.kind, x.reference_id,
+                          x.amount, x.args, x.available, x.reserved) for x in writes],
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise RetryRound("a reference id was used before this activation") from exc
         await conn.copy_records_to_table(
             "entries", schema_name="wallets",
             columns=["wallet_id", "seq", "account", "amount"],

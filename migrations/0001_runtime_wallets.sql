@@ -42,7 +42,6 @@ create table wallets.operations (
     created_at timestamptz not null default now(),
     primary key (wallet_id, op_key)
 );
-create index operations_history on wallets.operations (wallet_id, seq);
 
 -- The double-entry journal: each operation's entries sum to zero; an account's
 -- balance is the sum of its entries. Accounts: `user:<id>`, `escrow`, `house`,

@@ -1,0 +1,242 @@
+"""Bearer tokens: HS256 JWTs with `sub` (user id), `role`, `jti`, `iat`, `exp`.
+
+The signing secret is `LOOTIFY_JWT_SECRET`, else one generated on first use and kept
+in `DATA_DIR/jwt_secret` (mode 0600), so every process of the cluster and every
+restart signs and checks with the same key.
+
+Logout revokes a token by its `jti` in `users.revoked_tokens`, which every replica
+reads, until the token's own expiry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg
+import jwt
+
+from actors import config
+from actors.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+DEFAULT_TTL_S = 24 * 3600
+SECRET_FILE = "jwt_secret"
+ROLES = frozenset({"player", "operator", "admin"})
+
+_secret_lock = threading.Lock()
+_secret: str | None = None
+
+
+class _HasIdentity(Protocol):
+    id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: str
+    role: str
+    jti: str
+    issued_at: int
+    expires_at: int
+
+    @property
+    def sub(self) -> str:
+        return self.user_id
+
+
+# -- the secret ----------------------------------------------------------------------------
+
+
+def load_secret(data_dir: Path | None = None) -> str:
+    """The secret in `data_dir/jwt_secret`, created if missing.
+
+    Creation is atomic and race-free across processes: the new secret is written to a
+    private temporary file which is then hard-linked to its final name; `link` fails if
+    another process got there first, and then that process's secret is used. No reader
+    ever sees a partly written file."""
+    directory = Path(data_dir if data_dir is not None else config.DATA_DIR)
+    path = directory / SECRET_FILE
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".jwt_secret.", dir=directory)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    value = path.read_text().strip()
+    if not value:
+        raise RuntimeError(f"{path} is empty: delete it to generate a new JWT secret")
+    return value
+
+
+def secret() -> str:
+    """`LOOTIFY_JWT_SECRET`, else the shared file's secret (read once per process)."""
+    global _secret
+    env = os.environ.get("LOOTIFY_JWT_SECRET")
+    if env:
+        return env
+    if _secret is None:
+        with _secret_lock:
+            if _secret is None:
+                _secret = load_secret()
+    return _secret
+
+
+def ttl_s() -> int:
+    return int(os.environ.get("LOOTIFY_JWT_TTL_S", DEFAULT_TTL_S))
+
+
+# -- issue and verify ----------------------------------------------------------------------
+
+
+def issue(user: _HasIdentity, *, ttl: int | None = None, now: float | None = None) -> str:
+    """A signed token for `user` (anything with `id` and `role`, e.g. `users.User`)."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": str(user.id),
+        "role": user.role,
+        "jti": uuid.uuid4().hex,
+        "iat": issued,
+        "exp": issued + (ttl_s() if ttl is None else ttl),
+    }
+    return jwt.encode(claims, secret(), algorithm=ALGORITHM)
+
+
+def decode(token: object) -> Claims:
+    """Check signature, expiry and shape (no database): `Unauthenticated` otherwise."""
+    if not isinstance(token, str) or not token:
+        raise Unauthenticated("missing token")
+    try:
+        raw = jwt.decode(
+            token,
+            secret(),
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "role", "jti", "iat", "exp"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("token expired") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated("invalid token") from exc
+    sub, role, jti = raw.get("sub"), raw.get("role"), raw.get("jti")
+    if not isinstance(sub, str) or not isinstance(jti, str) or role not in ROLES:
+        raise Unauthenticated("invalid token")
+    try:
+        uuid.UUID(sub)
+    except ValueError as exc:
+        raise Unauthenticated("invalid token") from exc
+    return Claims(
+        user_id=sub, role=role, jti=jti, issued_at=int(raw["iat"]), expires_at=int(raw["exp"])
+    )
+
+
+class RevocationCache:
+    """Per-process memory of revocation look-ups.
+
+    Trade-off: a jti found *not* revoked is trusted for `ttl` seconds without asking
+    PostgreSQL again, so a busy client costs one query per second instead of one per
+    request. The price: after a logout on another replica, this replica may still
+    accept the token for up to `ttl` seconds. A logout on this replica is seen at once
+    (`revoked` below). With `ttl=0` every verify asks the database."""
+
+    def __init__(self, ttl: float = 1.0, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._checked: dict[str, float] = {}  # jti -> monotonic time found not revoked
+        self._revoked: dict[str, float] = {}  # jti -> token expiry (epoch seconds)
+
+    def fresh(self, jti: str) -> bool:
+        at = self._checked.get(jti)
+        return at is not None and time.monotonic() - at < self.ttl
+
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    def mark_valid(self, jti: str) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._checked) >= self.max_entries:
+            cutoff = time.monotonic() - self.ttl
+            self._checked = {k: v for k, v in self._checked.items() if v > cutoff}
+            if len(self._checked) >= self.max_entries:
+                self._checked.clear()
+        self._checked[jti] = time.monotonic()
+
+    def mark_revoked(self, jti: str, expires_at: float) -> None:
+        self._checked.pop(jti, None)
+        if len(self._revoked) >= self.max_entries:
+            now = time.time()
+            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+        self._revoked[jti] = expires_at
+
+    def clear(self) -> None:
+        self._checked.clear()
+        self._revoked.clear()
+
+
+DEFAULT_CACHE = RevocationCache(float(os.environ.get("LOOTIFY_REVOCATION_CACHE_S", 1.0)))
+
+
+async def verify(
+    pool: asyncpg.Pool, token: object, *, cache: RevocationCache | None = None
+) -> Claims:
+    """The claims of a valid, unexpired, unrevoked token; `Unauthenticated` otherwise."""
+    claims = decode(token)
+    cache = DEFAULT_CACHE if cache is None else cache
+    if cache.is_revoked(claims.jti):
+        raise Unauthenticated("token revoked")
+    if cache.fresh(claims.jti):
+        return claims
+    async with pool.acquire() as c:
+        revoked = await c.fetchval("select 1 from users.revoked_tokens where jti = $1", claims.jti)
+    if revoked:
+        cache.mark_revoked(claims.jti, claims.expires_at)
+        raise Unauthenticated("token revoked")
+    cache.mark_valid(claims.jti)
+    return claims
+
+
+async def revoke(
+    pool: asyncpg.Pool, claims: Claims, *, cache: RevocationCache | None = None
+) -> None:
+    """Refuse this token from now on, on every replica (within the cache's ttl elsewhere)."""
+    async with pool.acquire() as c:
+        await c.execute(
+            "insert into users.revoked_tokens (jti, expires_at) values ($1, to_timestamp($2)) "
+            "on conflict (jti) do nothing",
+            claims.jti,
+            float(claims.expires_at),
+        )
+    (DEFAULT_CACHE if cache is None else cache).mark_revoked(claims.jti, claims.expires_at)
+
+
+async def purge_revoked(pool: asyncpg.Pool) -> int:
+    """Forget revocations of tokens that have expired anyway; returns how many."""
+    async with pool.acquire() as c:
+        deleted = await c.fetchval(
+            "with d as (delete from users.revoked_tokens where expires_at < now() returning 1) "
+            "select count(*) from d"
+        )
+    return int(deleted)
