@@ -89,3 +89,24 @@ def bet_view(row: asyncpg.Record) -> dict[str, Any]:
         "potential_payout": row["potential_payout"], "status": row["status"],
         "payout": row["payout"], "placed_at": row["placed_at"], "settled_at": row["settled_at"],
     }
+
+
+async def create_round_series(conn: asyncpg.Connection, **args: Any) -> str:
+    from . import rounds
+
+    await get_event(conn, args["event_id"])
+    return await rounds.create_series(conn, **args)
+
+
+async def post_round_result(conn: asyncpg.Connection, series_id: str, round_no: int,
+                            winner: str) -> None:
+    from . import rounds
+
+    await rounds.post_result(conn, series_id, round_no, winner)
+
+
+async def list_rounds(conn: asyncpg.Connection, series_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "select round_no, market_id::text, locks_at, status from bets.rounds "
+        "where series_id = $1 order by round_no", series_id)
+    return [dict(r) for r in rows]

@@ -318,6 +318,31 @@ class AsyncLootify:
         return await self.routers["markets"].call(
             bet["market_id"], m.CancelBet(bet["id"], bet["user_id"]))
 
+    async def create_round_series(
+        self, event_id: object, name: str, selections: list[dict], *, takeout: str,
+        starts_at: datetime, period_s: int, open_s: int, grace_s: int,
+    ) -> str:
+        """Recurring pool rounds run by the scheduler actor (see `actors.rounds`)."""
+        return await self._catalog(
+            "create_round_series", event_id=canonical_id(event_id, field_name="event_id"),
+            name=_text(name, "name"), selections=selections, takeout=str(takeout),
+            starts_at=starts_at, period_s=int(period_s), open_s=int(open_s),
+            grace_s=int(grace_s))
+
+    async def post_round_result(self, series_id: object, round_no: int, winner: str) -> None:
+        await self._catalog("post_round_result",
+                            series_id=canonical_id(series_id, field_name="series_id"),
+                            round_no=int(round_no), winner=_text(winner, "winner"))
+
+    async def rounds(self, series_id: object) -> list[dict]:
+        return await self._catalog("list_rounds",
+                                   series_id=canonical_id(series_id, field_name="series_id"))
+
+    async def start_scheduler(self) -> None:
+        from .rounds import scheduler
+
+        await scheduler(self.settings).start.remote()
+
     async def hosts(self, kind: str = "wallets") -> list[dict]:
         """Each host's pid, RSS, entity count and round counters."""
         return list(await asyncio.gather(*(h.stats.remote() for h in self.routers[kind].handles)))

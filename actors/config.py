@@ -57,6 +57,10 @@ class RuntimeSettings:
     idle_seconds: float = field(default_factory=lambda: _float("LOOTIFY_IDLE_SECONDS", 600.0))
     batch_window_ms: float = field(default_factory=lambda: _float("LOOTIFY_BATCH_WINDOW_MS", 1.0))
     batch_max: int = field(default_factory=lambda: _int("LOOTIFY_BATCH_MAX", 1000))
+    # How long a bet's stake may stay reserved before the wallet takes it back.
+    reservation_timeout_s: float = field(
+        default_factory=lambda: _float("LOOTIFY_RESERVATION_TIMEOUT_S", 60.0)
+    )
     call_deadline_s: float = field(default_factory=lambda: _float("LOOTIFY_CALL_DEADLINE_S", 15.0))
 
 

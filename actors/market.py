@@ -52,7 +52,6 @@ from .errors import (
 from .money import check_amount, parse_odds
 from .runtime import EntityKind, Op, Round, shard_of
 
-RESERVATION_TIMEOUT_S = 60.0
 RECOVERY_AGE_S = 3.0
 ACCEPT_POLICIES = ("exact", "higher", "any")
 TRANSITIONS = {
@@ -287,7 +286,7 @@ class MarketKind(EntityKind[Market]):
         results = await asyncio.gather(
             *(router.call(op.message.user_id,
                           w.Reserve(op.message.amount, _stake_ref(op.message.bet_id),
-                                    RESERVATION_TIMEOUT_S))
+                                    self.host.settings.reservation_timeout_s))
               for op in to_reserve),
             return_exceptions=True,
         )

@@ -496,6 +496,7 @@ class Subscriber:
             try:
                 if not self._registered:
                     await self._register()
+                    self.healthy = True
                 known, lost, events = await self._get_handle().poll.remote(
                     self.id, self.poll_wait_s
                 )

@@ -59,3 +59,37 @@ create index bets_market on bets.bets (market_id);
 create index bets_user on bets.bets (user_id, placed_at desc);
 create index bets_unfinished on bets.bets (market_id)
     where stake = 'reserved' or payout_state = 'owed';
+
+-- Recurring parimutuel rounds (the betting MVP's daily UP/DOWN rounds), run by the
+-- scheduler actor: a series opens a pool market every `period_s`, locks it after
+-- `open_s`, and settles it from the result source, or voids it after `grace_s`.
+create table bets.round_series (
+    id uuid primary key,
+    event_id uuid not null references bets.events (id),
+    name text not null,
+    selections jsonb not null,
+    takeout text not null,
+    starts_at timestamptz not null,
+    period_s int not null check (period_s > 0),
+    open_s int not null check (open_s > 0),
+    grace_s int not null check (grace_s >= 0),
+    active boolean not null default true
+);
+
+create table bets.rounds (
+    series_id uuid not null references bets.round_series (id),
+    round_no int not null,
+    market_id uuid not null unique,
+    locks_at timestamptz not null,
+    status text not null default 'open' check (status in ('open', 'locked', 'settled', 'void')),
+    primary key (series_id, round_no)
+);
+
+-- What an operator posts as a round's result (the default result source).
+create table bets.round_results (
+    series_id uuid not null,
+    round_no int not null,
+    winner text not null,
+    posted_at timestamptz not null default now(),
+    primary key (series_id, round_no)
+);

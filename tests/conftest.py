@@ -21,6 +21,7 @@ from actors.migrate import migrate
 from tests.pg_fixtures import create_database, pg_dsn  # noqa: F401
 
 TABLES = (
+    "bets.round_results, bets.rounds, bets.round_series, "
     "wallets.wallets, wallets.operations, wallets.entries, wallets.pending, "
     "bets.bets, bets.markets, bets.events"
 )
