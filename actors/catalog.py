@@ -18,18 +18,26 @@ from . import pricing
 from .errors import NotFound
 
 _EVENT = "select id::text, name, category, starts_at, status from bets.events"
-_MARKET = ("select id::text, event_id::text, name, type, status, selections, odds, pricing, "
-           "min_stake, max_stake, max_payout, winner from bets.markets")
-_BET = ("select id::text, user_id::text, market_id::text, selection, amount, odds_x100, "
-        "potential_payout, status, payout, placed_at, settled_at from bets.bets")
+_MARKET = (
+    "select id::text, event_id::text, name, type, status, selections, odds, pricing, "
+    "min_stake, max_stake, max_payout, winner from bets.markets"
+)
+_BET = (
+    "select id::text, user_id::text, market_id::text, selection, amount, odds_x100, "
+    "potential_payout, status, payout, placed_at, settled_at from bets.bets"
+)
 
 
-async def create_event(conn: asyncpg.Connection, name: str, category: str,
-                       starts_at: datetime) -> dict[str, Any]:
+async def create_event(
+    conn: asyncpg.Connection, name: str, category: str, starts_at: datetime
+) -> dict[str, Any]:
     event_id = str(uuid.uuid4())
     await conn.execute(
         "insert into bets.events (id, name, category, starts_at) values ($1, $2, $3, $4)",
-        event_id, name, category, starts_at,
+        event_id,
+        name,
+        category,
+        starts_at,
     )
     return await get_event(conn, event_id)
 
@@ -46,7 +54,8 @@ async def list_events(conn: asyncpg.Connection, limit: int = 200) -> list[dict[s
     events = await conn.fetch(_EVENT + " order by starts_at, id limit $1", limit)
     ids = [e["id"] for e in events]
     markets = await conn.fetch(
-        _MARKET + " where event_id = any($1::uuid[]) order by created_at", ids)
+        _MARKET + " where event_id = any($1::uuid[]) order by created_at", ids
+    )
     by_event: dict[str, list] = {i: [] for i in ids}
     for m in markets:
         by_event[m["event_id"]].append(market_view(m))
@@ -57,13 +66,19 @@ def market_view(row: asyncpg.Record) -> dict[str, Any]:
     odds = json.loads(row["odds"])
     takeout = json.loads(row["pricing"]).get("takeout_bp")
     return {
-        "id": row["id"], "event_id": row["event_id"], "name": row["name"], "type": row["type"],
+        "id": row["id"],
+        "event_id": row["event_id"],
+        "name": row["name"],
+        "type": row["type"],
         "status": row["status"],
-        "selections": [{"key": s["key"], "name": s["name"],
-                        "odds": pricing.x100_to_odds(odds.get(s["key"]))}
-                       for s in json.loads(row["selections"])],
-        "min_stake": row["min_stake"], "max_stake": row["max_stake"],
-        "max_payout": row["max_payout"], "winner": row["winner"],
+        "selections": [
+            {"key": s["key"], "name": s["name"], "odds": pricing.x100_to_odds(odds.get(s["key"]))}
+            for s in json.loads(row["selections"])
+        ],
+        "min_stake": row["min_stake"],
+        "max_stake": row["max_stake"],
+        "max_payout": row["max_payout"],
+        "winner": row["winner"],
         "takeout_bp": takeout if row["type"] == "pool" else None,
     }
 
@@ -77,17 +92,24 @@ async def get_bet(conn: asyncpg.Connection, user_id: str, bet_id: str) -> dict[s
 
 async def list_bets(conn: asyncpg.Connection, user_id: str, limit: int = 100) -> list[dict]:
     rows = await conn.fetch(
-        _BET + " where user_id = $1 order by placed_at desc limit $2", user_id, limit)
+        _BET + " where user_id = $1 order by placed_at desc limit $2", user_id, limit
+    )
     return [bet_view(r) for r in rows]
 
 
 def bet_view(row: asyncpg.Record) -> dict[str, Any]:
     return {
-        "id": row["id"], "user_id": row["user_id"], "market_id": row["market_id"],
-        "selection": row["selection"], "amount": row["amount"],
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "market_id": row["market_id"],
+        "selection": row["selection"],
+        "amount": row["amount"],
         "odds": pricing.x100_to_odds(row["odds_x100"]),
-        "potential_payout": row["potential_payout"], "status": row["status"],
-        "payout": row["payout"], "placed_at": row["placed_at"], "settled_at": row["settled_at"],
+        "potential_payout": row["potential_payout"],
+        "status": row["status"],
+        "payout": row["payout"],
+        "placed_at": row["placed_at"],
+        "settled_at": row["settled_at"],
     }
 
 
@@ -98,8 +120,9 @@ async def create_round_series(conn: asyncpg.Connection, **args: Any) -> str:
     return await rounds.create_series(conn, **args)
 
 
-async def post_round_result(conn: asyncpg.Connection, series_id: str, round_no: int,
-                            winner: str) -> None:
+async def post_round_result(
+    conn: asyncpg.Connection, series_id: str, round_no: int, winner: str
+) -> None:
     from . import rounds
 
     await rounds.post_result(conn, series_id, round_no, winner)
@@ -108,5 +131,7 @@ async def post_round_result(conn: asyncpg.Connection, series_id: str, round_no: 
 async def list_rounds(conn: asyncpg.Connection, series_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "select round_no, market_id::text, locks_at, status from bets.rounds "
-        "where series_id = $1 order by round_no", series_id)
+        "where series_id = $1 order by round_no",
+        series_id,
+    )
     return [dict(r) for r in rows]

@@ -180,8 +180,11 @@ class AsyncWallet:
         return await self._send(w.Credit(amount, reference_id, source, kind))
 
     async def transactions(self, limit: int = 50, before: str | None = None) -> list[dict]:
-        args = {"wallet_id": self.user_id, "limit": max(1, min(limit, 500)),
-                "before": canonical_id(before, field_name="before") if before else None}
+        args = {
+            "wallet_id": self.user_id,
+            "limit": max(1, min(limit, 500)),
+            "before": canonical_id(before, field_name="before") if before else None,
+        }
         return await self._query(self.user_id, "transactions", args)
 
 
@@ -232,8 +235,13 @@ class AsyncLootify:
         self.settings = settings
 
     @classmethod
-    async def create(cls, *, batching: bool = True, kinds: tuple[str, ...] = ("wallets", "markets"),
-                     settings: RuntimeSettings | None = None) -> AsyncLootify:
+    async def create(
+        cls,
+        *,
+        batching: bool = True,
+        kinds: tuple[str, ...] = ("wallets", "markets"),
+        settings: RuntimeSettings | None = None,
+    ) -> AsyncLootify:
         settings = settings or RuntimeSettings()
         routers = {}
         for kind in kinds:
@@ -266,31 +274,56 @@ class AsyncLootify:
         name, category = _text(name, "name"), _text(category, "category")
         if not isinstance(starts_at, datetime) or starts_at.tzinfo is None:
             raise InvalidInput("starts_at must be a time with its zone", field="starts_at")
-        return await self._catalog("create_event", name=name, category=category,
-                                   starts_at=starts_at)
+        return await self._catalog(
+            "create_event", name=name, category=category, starts_at=starts_at
+        )
 
     async def list_events(self) -> list[dict]:
         return await self._catalog("list_events")
 
     async def get_event(self, event_id: object) -> dict:
-        return await self._catalog("get_event",
-                                   event_id=canonical_id(event_id, field_name="event_id"))
+        return await self._catalog(
+            "get_event", event_id=canonical_id(event_id, field_name="event_id")
+        )
 
     async def create_market(
-        self, event_id: object, name: str, type: str, selections: list[dict], *,
-        overround: object = None, takeout: object = None, min_stake: int | None = None,
-        max_stake: int | None = None, max_payout: int | None = None,
+        self,
+        event_id: object,
+        name: str,
+        type: str,
+        selections: list[dict],
+        *,
+        overround: object = None,
+        takeout: object = None,
+        min_stake: int | None = None,
+        max_stake: int | None = None,
+        max_payout: int | None = None,
     ) -> dict:
         """A new market on an event; it starts `open`. Stakes and payouts in minor units;
         `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds."""
         event = await self.get_event(event_id)
-        message = m.new_market_message(event["id"], name, type, selections, overround, takeout,
-                                       min_stake, max_stake, max_payout)
+        message = m.new_market_message(
+            event["id"],
+            name,
+            type,
+            selections,
+            overround,
+            takeout,
+            min_stake,
+            max_stake,
+            max_payout,
+        )
         return await self.routers["markets"].call(str(uuid.uuid4()), message)
 
     async def place_bet(
-        self, user_id: object, market_id: object, selection: str, amount: int,
-        odds: object = None, accept_odds: str | None = None, bet_id: object = None,
+        self,
+        user_id: object,
+        market_id: object,
+        selection: str,
+        amount: int,
+        odds: object = None,
+        accept_odds: str | None = None,
+        bet_id: object = None,
     ) -> dict:
         """Reserve, accept, commit: the bet's id (given, or new) makes it idempotent."""
         uid = canonical_id(user_id, field_name="user_id")
@@ -299,44 +332,73 @@ class AsyncLootify:
             raise InvalidInput("accept_odds must be exact, higher or any", field="accept_odds")
         message = m.PlaceBet(
             canonical_id(bet_id, field_name="bet_id") if bet_id else str(uuid.uuid4()),
-            uid, _text(selection, "selection"), check_amount(amount),
-            None if odds is None else pricing.odds_to_x100(parse_odds(odds)), accept,
+            uid,
+            _text(selection, "selection"),
+            check_amount(amount),
+            None if odds is None else pricing.odds_to_x100(parse_odds(odds)),
+            accept,
         )
         return await self.routers["markets"].call(
-            canonical_id(market_id, field_name="market_id"), message)
+            canonical_id(market_id, field_name="market_id"), message
+        )
 
     async def get_bet(self, user_id: object, bet_id: object) -> dict:
-        return await self._catalog("get_bet", user_id=canonical_id(user_id, field_name="user_id"),
-                                   bet_id=canonical_id(bet_id, field_name="bet_id"))
+        return await self._catalog(
+            "get_bet",
+            user_id=canonical_id(user_id, field_name="user_id"),
+            bet_id=canonical_id(bet_id, field_name="bet_id"),
+        )
 
     async def list_bets(self, user_id: object, limit: int = 100) -> list[dict]:
-        return await self._catalog("list_bets", user_id=canonical_id(user_id, field_name="user_id"),
-                                   limit=max(1, min(int(limit), 500)))
+        return await self._catalog(
+            "list_bets",
+            user_id=canonical_id(user_id, field_name="user_id"),
+            limit=max(1, min(int(limit), 500)),
+        )
 
     async def cancel_bet(self, user_id: object, bet_id: object) -> dict:
         bet = await self.get_bet(user_id, bet_id)
         return await self.routers["markets"].call(
-            bet["market_id"], m.CancelBet(bet["id"], bet["user_id"]))
+            bet["market_id"], m.CancelBet(bet["id"], bet["user_id"])
+        )
 
     async def create_round_series(
-        self, event_id: object, name: str, selections: list[dict], *, takeout: str,
-        starts_at: datetime, period_s: int, open_s: int, grace_s: int,
+        self,
+        event_id: object,
+        name: str,
+        selections: list[dict],
+        *,
+        takeout: str,
+        starts_at: datetime,
+        period_s: int,
+        open_s: int,
+        grace_s: int,
     ) -> str:
         """Recurring pool rounds run by the scheduler actor (see `actors.rounds`)."""
         return await self._catalog(
-            "create_round_series", event_id=canonical_id(event_id, field_name="event_id"),
-            name=_text(name, "name"), selections=selections, takeout=str(takeout),
-            starts_at=starts_at, period_s=int(period_s), open_s=int(open_s),
-            grace_s=int(grace_s))
+            "create_round_series",
+            event_id=canonical_id(event_id, field_name="event_id"),
+            name=_text(name, "name"),
+            selections=selections,
+            takeout=str(takeout),
+            starts_at=starts_at,
+            period_s=int(period_s),
+            open_s=int(open_s),
+            grace_s=int(grace_s),
+        )
 
     async def post_round_result(self, series_id: object, round_no: int, winner: str) -> None:
-        await self._catalog("post_round_result",
-                            series_id=canonical_id(series_id, field_name="series_id"),
-                            round_no=int(round_no), winner=_text(winner, "winner"))
+        await self._catalog(
+            "post_round_result",
+            series_id=canonical_id(series_id, field_name="series_id"),
+            round_no=int(round_no),
+            winner=_text(winner, "winner"),
+        )
 
     async def rounds(self, series_id: object) -> list[dict]:
-        return await self._catalog("list_rounds",
-                                   series_id=canonical_id(series_id, field_name="series_id"))
+        return await self._catalog(
+            "list_rounds", series_id=canonical_id(series_id, field_name="series_id")
+        )
 
     async def start_scheduler(self) -> None:
         from .rounds import scheduler
@@ -375,8 +437,9 @@ class _Sync:
 class _LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                       name="lootify-client")
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="lootify-client"
+        )
         self.thread.start()
 
     def run_sync(self, make: Callable[[], Any]) -> Any:
@@ -403,8 +466,11 @@ def connect(
     blocking client: `connect().wallet(user_id).deposit(10_000, reference_id="d-1")`."""
     settings = RuntimeSettings() if namespace is None else RuntimeSettings(namespace=namespace)
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or _local_head(),
-                 namespace=settings.namespace, log_to_driver=False)
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or _local_head(),
+            namespace=settings.namespace,
+            log_to_driver=False,
+        )
     runner = _LoopThread()
     client = runner.run(AsyncLootify.create(batching=batching, kinds=kinds, settings=settings))
     return _Sync(client, runner)

@@ -126,13 +126,36 @@ class MoneyMoved:
 
 
 class Bet:
-    __slots__ = ("id", "user_id", "selection", "amount", "odds_x100", "potential", "status",
-                 "payout", "stake", "payout_state", "placed_at", "settled_at")
+    __slots__ = (
+        "id",
+        "user_id",
+        "selection",
+        "amount",
+        "odds_x100",
+        "potential",
+        "status",
+        "payout",
+        "stake",
+        "payout_state",
+        "placed_at",
+        "settled_at",
+    )
 
-    def __init__(self, id: str, user_id: str, selection: str, amount: int,
-                 odds_x100: int | None, potential: int | None, status: str = "accepted",
-                 payout: int = 0, stake: str = "reserved", payout_state: str = "none",
-                 placed_at: float | None = None, settled_at: float | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        user_id: str,
+        selection: str,
+        amount: int,
+        odds_x100: int | None,
+        potential: int | None,
+        status: str = "accepted",
+        payout: int = 0,
+        stake: str = "reserved",
+        payout_state: str = "none",
+        placed_at: float | None = None,
+        settled_at: float | None = None,
+    ) -> None:
         self.id = id
         self.user_id = user_id
         self.selection = selection
@@ -148,18 +171,42 @@ class Bet:
 
     def view(self, market_id: str) -> dict[str, Any]:
         return {
-            "id": self.id, "user_id": self.user_id, "market_id": market_id,
-            "selection": self.selection, "amount": self.amount,
-            "odds": pricing.x100_to_odds(self.odds_x100), "potential_payout": self.potential,
-            "status": self.status, "payout": self.payout,
-            "placed_at": _dt(self.placed_at), "settled_at": _dt(self.settled_at),
+            "id": self.id,
+            "user_id": self.user_id,
+            "market_id": market_id,
+            "selection": self.selection,
+            "amount": self.amount,
+            "odds": pricing.x100_to_odds(self.odds_x100),
+            "potential_payout": self.potential,
+            "status": self.status,
+            "payout": self.payout,
+            "placed_at": _dt(self.placed_at),
+            "settled_at": _dt(self.settled_at),
         }
 
 
 class Market:
-    __slots__ = ("id", "event_id", "name", "type", "status", "keys", "names", "model",
-                 "takeout_bp", "min_stake", "max_stake", "max_payout", "winner", "version",
-                 "stored_version", "exposure", "odds", "bets", "settled_at")
+    __slots__ = (
+        "id",
+        "event_id",
+        "name",
+        "type",
+        "status",
+        "keys",
+        "names",
+        "model",
+        "takeout_bp",
+        "min_stake",
+        "max_stake",
+        "max_payout",
+        "winner",
+        "version",
+        "stored_version",
+        "exposure",
+        "odds",
+        "bets",
+        "settled_at",
+    )
 
     def __init__(self, market_id: str) -> None:
         self.id = market_id
@@ -187,12 +234,19 @@ class Market:
 
     def view(self) -> dict[str, Any]:
         return {
-            "id": self.id, "event_id": self.event_id, "name": self.name, "type": self.type,
+            "id": self.id,
+            "event_id": self.event_id,
+            "name": self.name,
+            "type": self.type,
             "status": self.status,
-            "selections": [{"key": k, "name": n, "odds": pricing.x100_to_odds(self.odds[k])}
-                           for k, n in zip(self.keys, self.names, strict=True)],
-            "min_stake": self.min_stake, "max_stake": self.max_stake,
-            "max_payout": self.max_payout, "winner": self.winner,
+            "selections": [
+                {"key": k, "name": n, "odds": pricing.x100_to_odds(self.odds[k])}
+                for k, n in zip(self.keys, self.names, strict=True)
+            ],
+            "min_stake": self.min_stake,
+            "max_stake": self.max_stake,
+            "max_payout": self.max_payout,
+            "winner": self.winner,
             "takeout_bp": self.takeout_bp if self.type == "pool" else None,
         }
 
@@ -231,7 +285,8 @@ class MarketKind(EntityKind[Market]):
         for r in await conn.fetch(
             "select id::text, event_id::text, name, type, status, selections, pricing, "
             "min_stake, max_stake, max_payout, winner, version, settled_at "
-            "from bets.markets where id = any($1::uuid[])", ids,
+            "from bets.markets where id = any($1::uuid[])",
+            ids,
         ):
             m = markets[r["id"]]
             m.event_id, m.name, m.type, m.status = r["event_id"], r["name"], r["type"], r["status"]
@@ -240,7 +295,9 @@ class MarketKind(EntityKind[Market]):
             m.names = [s["name"] for s in selections]
             p = json.loads(r["pricing"])
             m.takeout_bp = p.get("takeout_bp", 0)
-            m.model = pricing.FixedOddsModel.from_json(m.keys, p) if m.type == "fixed_odds" else None
+            m.model = (
+                pricing.FixedOddsModel.from_json(m.keys, p) if m.type == "fixed_odds" else None
+            )
             m.min_stake, m.max_stake, m.max_payout = r["min_stake"], r["max_stake"], r["max_payout"]
             m.winner, m.version = r["winner"], r["version"]
             m.stored_version = m.version
@@ -249,12 +306,24 @@ class MarketKind(EntityKind[Market]):
         for r in await conn.fetch(
             "select id::text, market_id::text, user_id::text, selection, amount, odds_x100, "
             "potential_payout, status, payout, stake, payout_state, placed_at, settled_at "
-            "from bets.bets where market_id = any($1::uuid[])", ids,
+            "from bets.bets where market_id = any($1::uuid[])",
+            ids,
         ):
             m = markets[r["market_id"]]
-            bet = Bet(r["id"], r["user_id"], r["selection"], r["amount"], r["odds_x100"],
-                      r["potential_payout"], r["status"], r["payout"], r["stake"],
-                      r["payout_state"], _epoch(r["placed_at"]), _epoch(r["settled_at"]))
+            bet = Bet(
+                r["id"],
+                r["user_id"],
+                r["selection"],
+                r["amount"],
+                r["odds_x100"],
+                r["potential_payout"],
+                r["status"],
+                r["payout"],
+                r["stake"],
+                r["payout_state"],
+                _epoch(r["placed_at"]),
+                _epoch(r["settled_at"]),
+            )
             m.bets[bet.id] = bet
             if bet.status == "accepted":
                 m.add_exposure(bet, +1)
@@ -284,10 +353,17 @@ class MarketKind(EntityKind[Market]):
             return
         router = await self.wallets()
         results = await asyncio.gather(
-            *(router.call(op.message.user_id,
-                          w.Reserve(op.message.amount, _stake_ref(op.message.bet_id),
-                                    self.host.settings.reservation_timeout_s))
-              for op in to_reserve),
+            *(
+                router.call(
+                    op.message.user_id,
+                    w.Reserve(
+                        op.message.amount,
+                        _stake_ref(op.message.bet_id),
+                        self.host.settings.reservation_timeout_s,
+                    ),
+                )
+                for op in to_reserve
+            ),
             return_exceptions=True,
         )
         for op, result in zip(to_reserve, results, strict=True):
@@ -338,8 +414,9 @@ class MarketKind(EntityKind[Market]):
         if isinstance(msg, MoneyMoved):
             return self._money_moved(m, msg, round_)
         if isinstance(msg, Recover):
-            unfinished = [b for b in m.bets.values()
-                          if b.stake == "reserved" or b.payout_state == "owed"]
+            unfinished = [
+                b for b in m.bets.values() if b.stake == "reserved" or b.payout_state == "owed"
+            ]
             round_.writes.append(("recover", m.id, unfinished))
             return len(unfinished)
         raise InvalidInput(f"unknown market message {type(msg).__name__}")
@@ -355,7 +432,8 @@ class MarketKind(EntityKind[Market]):
         m.exposure = dict.fromkeys(m.keys, 0)
         if m.type == "fixed_odds":
             m.model = pricing.FixedOddsModel.from_odds(
-                {k: o for k, _, o in msg.selections}, overround=msg.overround)
+                {k: o for k, _, o in msg.selections}, overround=msg.overround
+            )
         m.reprice()
         self._touch(m, round_, "status_changed")
         return m.view()
@@ -364,7 +442,10 @@ class MarketKind(EntityKind[Market]):
         existing = m.bets.get(msg.bet_id)
         if existing is not None:
             same = (existing.user_id, existing.selection, existing.amount) == (
-                msg.user_id, msg.selection, msg.amount)
+                msg.user_id,
+                msg.selection,
+                msg.amount,
+            )
             if not same:
                 raise IdempotencyConflict(f"bet {msg.bet_id} exists with other arguments")
             return existing.view(m.id)
@@ -437,8 +518,10 @@ class MarketKind(EntityKind[Market]):
                 raise InvalidInput(f"unknown selection {key!r}", field="odds")
             new[key] = odds
         m.model = pricing.FixedOddsModel.from_odds(
-            {k: v for k, v in new.items() if v is not None}, liability=dict(m.exposure),
-            depth=m.model.depth if m.model else pricing.DEFAULT_DEPTH)
+            {k: v for k, v in new.items() if v is not None},
+            liability=dict(m.exposure),
+            depth=m.model.depth if m.model else pricing.DEFAULT_DEPTH,
+        )
         m.reprice()
         self._touch(m, round_, "odds")
         return m.view()
@@ -461,15 +544,26 @@ class MarketKind(EntityKind[Market]):
         for bet in accepted:
             if bet.selection == winner:
                 bet.status = "won"
-                bet.payout = (pricing.pool_payout(bet.amount, pool, winning, m.takeout_bp)
-                              if m.type == "pool" else bet.potential or 0)
+                bet.payout = (
+                    pricing.pool_payout(bet.amount, pool, winning, m.takeout_bp)
+                    if m.type == "pool"
+                    else bet.potential or 0
+                )
                 bet.payout_state = "owed" if bet.payout else "none"
             else:
                 bet.status = "lost"
             bet.settled_at = now
         m.status, m.winner, m.settled_at = "settled", winner, now
-        round_.writes.append(("settle", m.id, winner, accepted, pool if m.type == "pool" else 0,
-                              winning if m.type == "pool" else 1))
+        round_.writes.append(
+            (
+                "settle",
+                m.id,
+                winner,
+                accepted,
+                pool if m.type == "pool" else 0,
+                winning if m.type == "pool" else 1,
+            )
+        )
         self._touch(m, round_, "status_changed")
         return m.view()
 
@@ -524,20 +618,55 @@ class MarketKind(EntityKind[Market]):
                 "insert into bets.markets (id, event_id, shard, name, type, status, selections, "
                 "pricing, odds, min_stake, max_stake, max_payout, version) "
                 "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                m.id, m.event_id, shard_of(m.id, shards), m.name, m.type, m.status,
+                m.id,
+                m.event_id,
+                shard_of(m.id, shards),
+                m.name,
+                m.type,
+                m.status,
                 json.dumps([{"key": k, "name": n} for k, n in zip(m.keys, m.names, strict=True)]),
-                json.dumps(_pricing_json(m)), json.dumps(m.odds), m.min_stake, m.max_stake,
-                m.max_payout, m.version,
+                json.dumps(_pricing_json(m)),
+                json.dumps(m.odds),
+                m.min_stake,
+                m.max_stake,
+                m.max_payout,
+                m.version,
             )
         if new_bets:
             await conn.copy_records_to_table(
-                "bets", schema_name="bets",
-                columns=["id", "user_id", "market_id", "selection", "amount", "odds_x100",
-                         "potential_payout", "status", "payout", "stake", "payout_state",
-                         "placed_at"],
-                records=[(b.id, b.user_id, bet_market[b.id], b.selection, b.amount, b.odds_x100,
-                          b.potential, b.status, b.payout, b.stake, b.payout_state,
-                          _dt(b.placed_at)) for b in new_bets],
+                "bets",
+                schema_name="bets",
+                columns=[
+                    "id",
+                    "user_id",
+                    "market_id",
+                    "selection",
+                    "amount",
+                    "odds_x100",
+                    "potential_payout",
+                    "status",
+                    "payout",
+                    "stake",
+                    "payout_state",
+                    "placed_at",
+                ],
+                records=[
+                    (
+                        b.id,
+                        b.user_id,
+                        bet_market[b.id],
+                        b.selection,
+                        b.amount,
+                        b.odds_x100,
+                        b.potential,
+                        b.status,
+                        b.payout,
+                        b.stake,
+                        b.payout_state,
+                        _dt(b.placed_at),
+                    )
+                    for b in new_bets
+                ],
             )
         for _, market_id, winner, _accepted, pool, winning in settles:
             m = markets[market_id]
@@ -548,7 +677,13 @@ class MarketKind(EntityKind[Market]):
                 "  then div(amount::numeric * $4::bigint * ($5::int - $6::int), $7::numeric * $5::int) "
                 "  else potential_payout end, "
                 "settled_at = $8 where market_id = $1 and status = 'accepted'",
-                market_id, winner, m.type, pool, pricing.BASIS, m.takeout_bp, winning,
+                market_id,
+                winner,
+                m.type,
+                pool,
+                pricing.BASIS,
+                m.takeout_bp,
+                winning,
                 _dt(m.settled_at),
             )
             await conn.execute(
@@ -564,8 +699,11 @@ class MarketKind(EntityKind[Market]):
                 "from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
                 "$6::timestamptz[]) as u(id, status, payout, stake, payout_state, settled_at) "
                 "where b.id = u.id",
-                [b.id for b in bets], [b.status for b in bets], [b.payout for b in bets],
-                [b.stake for b in bets], [b.payout_state for b in bets],
+                [b.id for b in bets],
+                [b.status for b in bets],
+                [b.payout for b in bets],
+                [b.stake for b in bets],
+                [b.payout_state for b in bets],
                 [_dt(b.settled_at) for b in bets],
             )
         for m in markets.values():
@@ -574,17 +712,49 @@ class MarketKind(EntityKind[Market]):
             status = await conn.execute(
                 "update bets.markets set status = $2, pricing = $3, odds = $4, winner = $5, "
                 "version = $6, settled_at = $7 where id = $1 and version = $8",
-                m.id, m.status, json.dumps(_pricing_json(m)), json.dumps(m.odds), m.winner,
-                m.version, _dt(m.settled_at), m.stored_version,
+                m.id,
+                m.status,
+                json.dumps(_pricing_json(m)),
+                json.dumps(m.odds),
+                m.winner,
+                m.version,
+                _dt(m.settled_at),
+                m.stored_version,
             )
             if status != "UPDATE 1":
                 raise RuntimeError(f"market {m.id} changed under this activation")
 
+        changes = {write[1]: write[3] for write in round_.writes if write[0] == "market"}
+        settled = [b for s in settles for b in s[3]] + [
+            b for b in updated.values() if b.status in ("won", "lost", "void", "cancelled")
+        ]
+
         def remember() -> None:
             for m in markets.values():
                 m.stored_version = m.version
+            self._publish(markets, changes, new_bets, bet_market, settled)
 
         round_.after_commit.append(remember)
+
+    def _publish(self, markets: dict, changes: dict, new_bets: list, bet_market: dict,
+                 settled: list) -> None:
+        """Tell subscribers (via PubSub) what the round changed; odds are coalesced, so a
+        burst of bets gives at most one update per market per flush."""
+        publish = self.host.publisher.publish
+        for market_id, m in markets.items():
+            topic = f"event:{m.event_id}"
+            if changes.get(market_id) == "status_changed":
+                publish(topic, "status_changed", {"market_id": m.id, "status": m.status})
+            publish(topic, "odds_updated", {"market_id": m.id, "odds": m.odds_view()},
+                    coalesce=True)
+        for bet in new_bets:
+            publish(f"user:{bet.user_id}", "bet_placed", bet.view(bet_market[bet.id]))
+        seen = set()
+        for bet in settled:
+            if bet.id not in seen:
+                seen.add(bet.id)
+                market_id = next(mid for mid, m in markets.items() if bet.id in m.bets)
+                publish(f"user:{bet.user_id}", "bet_settled", bet.view(market_id))
 
     # -- the saga's last step ----------------------------------------------------
 
@@ -619,11 +789,14 @@ class MarketKind(EntityKind[Market]):
         """Commit stakes, then credit what is owed, then record it in the markets."""
         router = await self.wallets()
         moved: dict[str, dict[str, list[str]]] = defaultdict(
-            lambda: {"staked": [], "returned": [], "paid": []})
+            lambda: {"staked": [], "returned": [], "paid": []}
+        )
         items = list(stakes.values())
         outcomes = await asyncio.gather(
-            *(router.call(bet.user_id, w.Commit(_stake_ref(bet.id), None, f"market:{mid}"))
-              for mid, bet in items),
+            *(
+                router.call(bet.user_id, w.Commit(_stake_ref(bet.id), None, f"market:{mid}"))
+                for mid, bet in items
+            ),
             *(router.call(uid, w.Release(_stake_ref(bet_id))) for uid, bet_id in releases),
             return_exceptions=True,
         )
@@ -633,21 +806,33 @@ class MarketKind(EntityKind[Market]):
             elif isinstance(outcome, (ReservationResolved, NotFound)):
                 moved[mid]["returned"].append(bet.id)
         returned = {b for m in moved.values() for b in m["returned"]}
-        owed = [(mid, bet) for mid, bet in pays.values()
-                if bet.id not in returned and (bet.stake == "committed" or bet.id in stakes)]
+        owed = [
+            (mid, bet)
+            for mid, bet in pays.values()
+            if bet.id not in returned and (bet.stake == "committed" or bet.id in stakes)
+        ]
         credits = await asyncio.gather(
-            *(router.call(bet.user_id, w.Credit(
-                bet.payout, f"pay:{bet.id}", f"market:{mid}",
-                "payout" if bet.status == "won" else "bet_refund")) for mid, bet in owed),
+            *(
+                router.call(
+                    bet.user_id,
+                    w.Credit(
+                        bet.payout,
+                        f"pay:{bet.id}",
+                        f"market:{mid}",
+                        "payout" if bet.status == "won" else "bet_refund",
+                    ),
+                )
+                for mid, bet in owed
+            ),
             return_exceptions=True,
         )
         for (mid, bet), outcome in zip(owed, credits, strict=True):
             if not isinstance(outcome, BaseException):
                 moved[mid]["paid"].append(bet.id)
         for mid, ids in moved.items():
-            self.host.submit(mid, MoneyMoved(tuple(ids["staked"]), tuple(ids["returned"]),
-                                             tuple(ids["paid"]))).add_done_callback(
-                w._ignore_outcome)
+            self.host.submit(
+                mid, MoneyMoved(tuple(ids["staked"]), tuple(ids["returned"]), tuple(ids["paid"]))
+            ).add_done_callback(w._ignore_outcome)
 
     async def tick(self) -> None:
         """Recovery: finish the money of bets a crash left half-way."""
@@ -659,7 +844,8 @@ class MarketKind(EntityKind[Market]):
                 "and m.shard = any($1::int[]) "
                 "and coalesce(b.settled_at, b.placed_at) < now() - make_interval(secs => $2) "
                 "limit 100",
-                list(self.host.owned), RECOVERY_AGE_S,
+                list(self.host.owned),
+                RECOVERY_AGE_S,
             )
         for r in rows:
             self.host.submit(r["id"], Recover()).add_done_callback(w._ignore_outcome)
@@ -699,8 +885,15 @@ DEFAULT_MAX_STAKE = 1_000_000
 
 
 def new_market_message(
-    event_id: str, name: object, type: object, selections: object, overround: object,
-    takeout: object, min_stake: int | None, max_stake: int | None, max_payout: int | None,
+    event_id: str,
+    name: object,
+    type: object,
+    selections: object,
+    overround: object,
+    takeout: object,
+    min_stake: int | None,
+    max_stake: int | None,
+    max_payout: int | None,
 ) -> CreateMarket:
     """Validate an operator's market definition into the entity's create message."""
     if not isinstance(name, str) or not 0 < len(name.strip()) <= 200:
@@ -712,19 +905,27 @@ def new_market_message(
     parsed = []
     for s in selections:
         if not isinstance(s, dict) or not _KEY.match(str(s.get("key", ""))):
-            raise InvalidInput("each selection needs a key of letters, digits, - or _",
-                               field="selections")
+            raise InvalidInput(
+                "each selection needs a key of letters, digits, - or _", field="selections"
+            )
         label = s.get("name") or s["key"]
         odds = s.get("odds")
         if type == "fixed_odds" and odds is None:
             raise InvalidInput(f"selection {s['key']} needs odds", field="selections")
-        parsed.append((s["key"], str(label)[:200],
-                       pricing.odds_to_x100(parse_odds(odds)) if type == "fixed_odds" else None))
+        parsed.append(
+            (
+                s["key"],
+                str(label)[:200],
+                pricing.odds_to_x100(parse_odds(odds)) if type == "fixed_odds" else None,
+            )
+        )
     if len({k for k, _, _ in parsed}) != len(parsed):
         raise InvalidInput("selection keys must be unique", field="selections")
     takeout_bp = 0
     if type == "pool":
-        fraction = _fraction(takeout if takeout is not None else "0", "takeout", upper=Decimal("0.5"))
+        fraction = _fraction(
+            takeout if takeout is not None else "0", "takeout", upper=Decimal("0.5")
+        )
         takeout_bp = int(fraction * pricing.BASIS)
     margin = None
     if overround is not None:
@@ -734,18 +935,24 @@ def new_market_message(
     if low > high:
         raise InvalidInput("min_stake exceeds max_stake", field="min_stake")
     cap = None if max_payout is None else check_amount(max_payout, field="max_payout")
-    return CreateMarket(event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high,
-                        cap, margin)
+    return CreateMarket(
+        event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high, cap, margin
+    )
 
 
-def _fraction(value: object, field: str, lower: Decimal = Decimal(0),
-              upper: Decimal = Decimal(1)) -> Decimal:
+def _fraction(
+    value: object, field: str, lower: Decimal = Decimal(0), upper: Decimal = Decimal(1)
+) -> Decimal:
     try:
         number = Decimal(str(value))
     except InvalidOperation as exc:
         raise InvalidInput(f"{field} must be a decimal", field=field) from exc
-    if not number.is_finite() or not lower <= number <= upper or number != number.quantize(
-            Decimal("0.0001")):
-        raise InvalidInput(f"{field} must lie in [{lower}, {upper}] with at most 4 places",
-                           field=field)
+    if (
+        not number.is_finite()
+        or not lower <= number <= upper
+        or number != number.quantize(Decimal("0.0001"))
+    ):
+        raise InvalidInput(
+            f"{field} must lie in [{lower}, {upper}] with at most 4 places", field=field
+        )
     return number

@@ -18,7 +18,7 @@ def parse_amount(text: object, *, field: str = "amount") -> int:
     """`"50.00"` -> 5000. Accepts strings (and ints for convenience); refuses floats,
     more than two places, zero and negatives."""
     if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise InvalidInput(f"{field} must be a decimal string such as \"50.00\"", field=field)
+        raise InvalidInput(f'{field} must be a decimal string such as "50.00"', field=field)
     raw = str(text).strip()
     if not _DECIMAL.match(raw):
         raise InvalidInput(
@@ -46,7 +46,7 @@ def format_amount(minor: int) -> str:
 
 def parse_odds(text: object, *, field: str = "odds") -> Decimal:
     if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise InvalidInput(f"{field} must be a decimal string such as \"2.10\"", field=field)
+        raise InvalidInput(f'{field} must be a decimal string such as "2.10"', field=field)
     raw = str(text).strip()
     if not _DECIMAL.match(raw):
         raise InvalidInput(f"{field} must be a decimal with at most two places", field=field)

@@ -383,8 +383,17 @@ def start(data_dir: Path, port: int | None = None) -> str:
             pgdata = _pgdata(data_dir)
             try:
                 _run(
-                    [str(_bin("pg_ctl")), "-D", str(pgdata), "-l", str(log), "-w",
-                     "-t", "120", "start"],
+                    [
+                        str(_bin("pg_ctl")),
+                        "-D",
+                        str(pgdata),
+                        "-l",
+                        str(log),
+                        "-w",
+                        "-t",
+                        "120",
+                        "start",
+                    ],
                     user,
                     cwd=pgdata,
                     timeout=150,

@@ -49,8 +49,11 @@ class FixedOddsModel:
 
     @classmethod
     def from_odds(
-        cls, odds: dict[str, int], liability: dict[str, int] | None = None,
-        depth: int = DEFAULT_DEPTH, overround: float | None = None,
+        cls,
+        odds: dict[str, int],
+        liability: dict[str, int] | None = None,
+        depth: int = DEFAULT_DEPTH,
+        overround: float | None = None,
     ) -> FixedOddsModel:
         implied = {k: 100 / o for k, o in odds.items()}
         total = sum(implied.values())
@@ -72,8 +75,13 @@ class FixedOddsModel:
         return {k: _snap_down(total / (self.overround * w)) for k, w in weights.items()}
 
     def to_json(self) -> dict:
-        return {"model": "fixed_odds", "base": self.base, "overround": self.overround,
-                "offset": self.offset, "depth": self.depth}
+        return {
+            "model": "fixed_odds",
+            "base": self.base,
+            "overround": self.overround,
+            "offset": self.offset,
+            "depth": self.depth,
+        }
 
     @classmethod
     def from_json(cls, keys: list[str], data: dict) -> FixedOddsModel:
@@ -83,9 +91,7 @@ class FixedOddsModel:
 def pool_odds(stakes: dict[str, int], takeout_bp: int) -> dict[str, int | None]:
     total = sum(stakes.values())
     net = total * (BASIS - takeout_bp)
-    return {
-        k: (_snap_down(net / (BASIS * s)) if s else None) for k, s in stakes.items()
-    }
+    return {k: (_snap_down(net / (BASIS * s)) if s else None) for k, s in stakes.items()}
 
 
 def pool_payout(stake: int, pool: int, winner_stakes: int, takeout_bp: int) -> int:

@@ -233,9 +233,7 @@ class PubSub:
 def pubsub_handle(namespace: str | None = None) -> Any:
     """The broker, created if missing (idempotent, from any process)."""
     ns = namespace or RuntimeSettings().namespace
-    return PubSub.options(
-        name=NAME, namespace=ns, lifetime="detached", get_if_exists=True
-    ).remote()
+    return PubSub.options(name=NAME, namespace=ns, lifetime="detached", get_if_exists=True).remote()
 
 
 # -- publishing ----------------------------------------------------------------------------
@@ -247,8 +245,9 @@ class Publisher:
     `publish` never blocks and never raises for delivery problems: events are
     ephemeral (a lost one is made good when the client resyncs)."""
 
-    def __init__(self, namespace: str | None = None, *, interval: float = FLUSH_S,
-                 stale_s: float = STALE_S) -> None:
+    def __init__(
+        self, namespace: str | None = None, *, interval: float = FLUSH_S, stale_s: float = STALE_S
+    ) -> None:
         self.namespace = namespace or RuntimeSettings().namespace
         self.interval = interval
         self.stale_s = stale_s

@@ -42,7 +42,9 @@ class PostedResults:
     async def result(self, conn: asyncpg.Connection, series_id: str, round_no: int) -> str | None:
         return await conn.fetchval(
             "select winner from bets.round_results where series_id = $1 and round_no = $2",
-            series_id, round_no)
+            series_id,
+            round_no,
+        )
 
 
 def round_market_id(series_id: str, round_no: int) -> str:
@@ -58,8 +60,13 @@ class RoundScheduler:
     actor is followed by a restart that resumes from the tables.
     """
 
-    def __init__(self, dsn: str, settings: RuntimeSettings, interval_s: float = 0.5,
-                 oracle: Oracle | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        settings: RuntimeSettings,
+        interval_s: float = 0.5,
+        oracle: Oracle | None = None,
+    ) -> None:
         self.dsn = dsn
         self.settings = settings
         self.interval_s = interval_s
@@ -93,22 +100,33 @@ class RoundScheduler:
             for s in await conn.fetch("select * from bets.round_series where active"):
                 await self._open_due(conn, s, now)
             for r in await conn.fetch(
-                    "select r.*, s.grace_s from bets.rounds r "
-                    "join bets.round_series s on s.id = r.series_id "
-                    "where r.status in ('open', 'locked') and r.locks_at <= $1", now):
+                "select r.*, s.grace_s from bets.rounds r "
+                "join bets.round_series s on s.id = r.series_id "
+                "where r.status in ('open', 'locked') and r.locks_at <= $1",
+                now,
+            ):
                 await self._advance(conn, r, now)
 
     async def _open_due(self, conn: asyncpg.Connection, s: asyncpg.Record, now: datetime) -> None:
         if now < s["starts_at"]:
             return
         round_no = int((now - s["starts_at"]).total_seconds() // s["period_s"])
-        if await conn.fetchval("select 1 from bets.rounds where series_id = $1 and round_no = $2",
-                               s["id"], round_no):
+        if await conn.fetchval(
+            "select 1 from bets.rounds where series_id = $1 and round_no = $2", s["id"], round_no
+        ):
             return
         market_id = round_market_id(str(s["id"]), round_no)
         message = new_market_message(
-            str(s["event_id"]), f"{s['name']} #{round_no}", "pool",
-            json.loads(s["selections"]), None, s["takeout"], None, None, None)
+            str(s["event_id"]),
+            f"{s['name']} #{round_no}",
+            "pool",
+            json.loads(s["selections"]),
+            None,
+            s["takeout"],
+            None,
+            None,
+            None,
+        )
         try:
             await self.markets.call(market_id, message)
         except Conflict:
@@ -117,7 +135,11 @@ class RoundScheduler:
         await conn.execute(
             "insert into bets.rounds (series_id, round_no, market_id, locks_at) "
             "values ($1, $2, $3, $4) on conflict do nothing",
-            s["id"], round_no, market_id, opens + timedelta(seconds=s["open_s"]))
+            s["id"],
+            round_no,
+            market_id,
+            opens + timedelta(seconds=s["open_s"]),
+        )
 
     async def _advance(self, conn: asyncpg.Connection, r: asyncpg.Record, now: datetime) -> None:
         from . import market as m
@@ -128,9 +150,11 @@ class RoundScheduler:
                 await self.markets.call(market_id, m.Transition("close"))
             except InvalidTransition:
                 pass  # closed (or voided) already
-            await conn.execute("update bets.rounds set status = 'locked' "
-                               "where series_id = $1 and round_no = $2", r["series_id"],
-                               r["round_no"])
+            await conn.execute(
+                "update bets.rounds set status = 'locked' where series_id = $1 and round_no = $2",
+                r["series_id"],
+                r["round_no"],
+            )
         winner = await self.oracle.result(conn, r["series_id"], r["round_no"])
         if winner is not None:
             try:
@@ -148,23 +172,36 @@ class RoundScheduler:
 
     @staticmethod
     async def _record(conn: asyncpg.Connection, r: asyncpg.Record, status: str) -> None:
-        await conn.execute("update bets.rounds set status = $3 "
-                           "where series_id = $1 and round_no = $2",
-                           r["series_id"], r["round_no"], status)
+        await conn.execute(
+            "update bets.rounds set status = $3 where series_id = $1 and round_no = $2",
+            r["series_id"],
+            r["round_no"],
+            status,
+        )
 
 
 def scheduler(settings: RuntimeSettings | None = None) -> Any:
     """The cluster's one scheduler (created if missing) — start it with `.start.remote()`."""
     settings = settings or RuntimeSettings()
     return RoundScheduler.options(
-        name=SCHEDULER_NAME, namespace=settings.namespace, lifetime="detached",
+        name=SCHEDULER_NAME,
+        namespace=settings.namespace,
+        lifetime="detached",
         get_if_exists=True,
     ).remote(service_dsn("bets"), settings)
 
 
-async def create_series(conn: asyncpg.Connection, event_id: str, name: str,
-                        selections: list[dict], takeout: str, starts_at: datetime,
-                        period_s: int, open_s: int, grace_s: int) -> str:
+async def create_series(
+    conn: asyncpg.Connection,
+    event_id: str,
+    name: str,
+    selections: list[dict],
+    takeout: str,
+    starts_at: datetime,
+    period_s: int,
+    open_s: int,
+    grace_s: int,
+) -> str:
     if not 0 < open_s <= period_s:
         raise InvalidInput("open_s must lie in (0, period_s]", field="open_s")
     new_market_message(event_id, name, "pool", selections, None, takeout, None, None, None)
@@ -172,17 +209,28 @@ async def create_series(conn: asyncpg.Connection, event_id: str, name: str,
     await conn.execute(
         "insert into bets.round_series (id, event_id, name, selections, takeout, starts_at, "
         "period_s, open_s, grace_s) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        series_id, event_id, name, json.dumps(selections), str(takeout), starts_at, period_s,
-        open_s, grace_s)
+        series_id,
+        event_id,
+        name,
+        json.dumps(selections),
+        str(takeout),
+        starts_at,
+        period_s,
+        open_s,
+        grace_s,
+    )
     return series_id
 
 
-async def post_result(conn: asyncpg.Connection, series_id: str, round_no: int,
-                      winner: str) -> None:
+async def post_result(conn: asyncpg.Connection, series_id: str, round_no: int, winner: str) -> None:
     """An operator's word on a round; posting a different winner later is refused."""
     stored = await conn.fetchval(
         "insert into bets.round_results (series_id, round_no, winner) values ($1, $2, $3) "
         "on conflict (series_id, round_no) do update set winner = bets.round_results.winner "
-        "returning winner", series_id, round_no, winner)
+        "returning winner",
+        series_id,
+        round_no,
+        winner,
+    )
     if stored != winner:
         raise Conflict(f"round {round_no} already has the result {stored}")

@@ -37,6 +37,7 @@ import ray
 
 from .config import RuntimeSettings
 from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable
+from .pubsub import get_publisher
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +228,14 @@ class EntityHost:
         self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=4)
         async with self.pool.acquire() as conn:
             hosts = (
-                self.settings.wallet_hosts if self.kind_name == "wallets"
+                self.settings.wallet_hosts
+                if self.kind_name == "wallets"
                 else self.settings.market_hosts
             )
             await ensure_directory(conn, self.kind_name, self.settings.shards, hosts)
             self.directory = await read_directory(conn, self.kind_name)
         self.owned = {s for s, h in enumerate(self.directory) if h == self.index}
+        self.publisher = get_publisher(self.settings.namespace)
         asyncio.ensure_future(self._rounds())
         asyncio.ensure_future(self._housekeeping())
 

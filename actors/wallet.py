@@ -116,7 +116,9 @@ def validate(message: Any) -> Any:
     """Check a message's arguments at the caller, before anything is sent."""
     ref = getattr(message, "reference_id", None)
     if ref is not None and (not isinstance(ref, str) or not _REFERENCE.match(ref)):
-        raise InvalidInput("reference_id must be 1-200 letters, digits or :._-", field="reference_id")
+        raise InvalidInput(
+            "reference_id must be 1-200 letters, digits or :._-", field="reference_id"
+        )
     if isinstance(message, (Deposit, Withdraw, Reserve, Credit)):
         check_amount(message.amount)
     if isinstance(message, Reserve) and message.timeout_s is not None:
@@ -231,11 +233,14 @@ class WalletKind(EntityKind[Wallet]):
             prior = self.recent.get(k)
             if prior is not None:
                 self.round_priors[k] = prior
-            elif careful or (key.startswith("resolve:") and op.message.reference_id not in (
-                    entities[op.entity_id].state.pending or ())):
+            elif careful or (
+                key.startswith("resolve:")
+                and op.message.reference_id not in (entities[op.entity_id].state.pending or ())
+            ):
                 unknown[k] = None
         if not unknown:
             return
+
     def apply(self, w: Wallet, message: Any, round_: Round, op: Op) -> Balance:
         self._expire_due(w, round_)
         if isinstance(message, GetBalance):
@@ -259,23 +264,36 @@ class WalletKind(EntityKind[Wallet]):
         ref = message.reference_id
         if isinstance(message, Deposit):
             a = message.amount
-            return self._write(w, round_, key, "deposit", ref, args, a, a,
-                               (("external", -a), (_user(w), a)))
+            return self._write(
+                w, round_, key, "deposit", ref, args, a, a, (("external", -a), (_user(w), a))
+            )
         if isinstance(message, Withdraw):
             a = message.amount
             self._need(w, a)
-            return self._write(w, round_, key, "withdrawal", ref, args, a, -a,
-                               ((_user(w), -a), ("external", a)))
+            return self._write(
+                w, round_, key, "withdrawal", ref, args, a, -a, ((_user(w), -a), ("external", a))
+            )
         if isinstance(message, Credit):
             a = message.amount
-            return self._write(w, round_, key, message.kind, ref, args, a, a,
-                               ((message.source, -a), (_user(w), a)))
+            return self._write(
+                w, round_, key, message.kind, ref, args, a, a, ((message.source, -a), (_user(w), a))
+            )
         if isinstance(message, Reserve):
             a = message.amount
             self._need(w, a)
             expires = time.time() + message.timeout_s if message.timeout_s else None
-            return self._write(w, round_, key, "reserve", ref, args, a, -a,
-                               ((_user(w), -a), ("escrow", a)), reserve=(a, expires))
+            return self._write(
+                w,
+                round_,
+                key,
+                "reserve",
+                ref,
+                args,
+                a,
+                -a,
+                ((_user(w), -a), ("escrow", a)),
+                reserve=(a, expires),
+            )
         if isinstance(message, (Commit, Release, Expire)):
             held = (w.pending or {}).get(ref)
             if held is None:
@@ -286,16 +304,19 @@ class WalletKind(EntityKind[Wallet]):
             if isinstance(message, Commit):
                 taken = a if message.amount is None else message.amount
                 if taken > a:
-                    raise InvalidInput(f"cannot commit {taken}: the reservation holds {a}",
-                                       field="amount")
+                    raise InvalidInput(
+                        f"cannot commit {taken}: the reservation holds {a}", field="amount"
+                    )
                 entries = [("escrow", -a), (message.target, taken)]
                 if a > taken:
                     entries.append((_user(w), a - taken))
-                return self._write(w, round_, key, "commit", ref, args, taken, a - taken,
-                                   tuple(entries), resolve=a)
+                return self._write(
+                    w, round_, key, "commit", ref, args, taken, a - taken, tuple(entries), resolve=a
+                )
             kind = "release" if isinstance(message, Release) else "expire"
-            return self._write(w, round_, key, kind, ref, args, a, a,
-                               (("escrow", -a), (_user(w), a)), resolve=a)
+            return self._write(
+                w, round_, key, kind, ref, args, a, a, (("escrow", -a), (_user(w), a)), resolve=a
+            )
         raise InvalidInput(f"unknown wallet message {type(message).__name__}")
 
     def _need(self, w: Wallet, amount: int) -> None:
@@ -333,10 +354,22 @@ class WalletKind(EntityKind[Wallet]):
                 w.pending = None
         w.available += available_delta
         w.seq += 1
-        round_.writes.append(Write(
-            w, key, w.seq, kind, ref, amount, args, w.available, w.reserved, entries,
-            reserve, resolve is not None,
-        ))
+        round_.writes.append(
+            Write(
+                w,
+                key,
+                w.seq,
+                kind,
+                ref,
+                amount,
+                args,
+                w.available,
+                w.reserved,
+                entries,
+                reserve,
+                resolve is not None,
+            )
+        )
         self.round_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
         return w.balance()
 
@@ -349,34 +382,78 @@ class WalletKind(EntityKind[Wallet]):
             if (w.id, f"resolve:{ref}") in self.round_priors:
                 continue
             a = w.pending[ref][0]
-            self._write(w, round_, f"resolve:{ref}", "expire", ref, "expire", a, a,
-                        (("escrow", -a), (_user(w), a)), resolve=a)
+            self._write(
+                w,
+                round_,
+                f"resolve:{ref}",
+                "expire",
+                ref,
+                "expire",
+                a,
+                a,
+                (("escrow", -a), (_user(w), a)),
+                resolve=a,
+            )
 
     async def persist(self, conn: asyncpg.Connection, round_: Round) -> None:
         writes: list[Write] = round_.writes
         shards = self.host.settings.shards
         try:
             await conn.copy_records_to_table(
-                "operations", schema_name="wallets",
-                columns=["id", "wallet_id", "op_key", "seq", "kind", "reference_id", "amount",
-                         "args", "available_after", "reserved_after"],
-                records=[(uuid.uuid4(), x.wallet.id, x.op_key, x.seq, x.kind, x.reference_id,
-                          x.amount, x.args, x.available, x.reserved) for x in writes],
+                "operations",
+                schema_name="wallets",
+                columns=[
+                    "id",
+                    "wallet_id",
+                    "op_key",
+                    "seq",
+                    "kind",
+                    "reference_id",
+                    "amount",
+                    "args",
+                    "available_after",
+                    "reserved_after",
+                ],
+                records=[
+                    (
+                        uuid.uuid4(),
+                        x.wallet.id,
+                        x.op_key,
+                        x.seq,
+                        x.kind,
+                        x.reference_id,
+                        x.amount,
+                        x.args,
+                        x.available,
+                        x.reserved,
+                    )
+                    for x in writes
+                ],
             )
         except asyncpg.UniqueViolationError as exc:
             raise RetryRound("a reference id was used before this activation") from exc
         await conn.copy_records_to_table(
-            "entries", schema_name="wallets",
+            "entries",
+            schema_name="wallets",
             columns=["wallet_id", "seq", "account", "amount"],
             records=[(x.wallet.id, x.seq, acct, amt) for x in writes for acct, amt in x.entries],
         )
         added = [x for x in writes if x.pending_add is not None]
         if added:
             await conn.copy_records_to_table(
-                "pending", schema_name="wallets",
+                "pending",
+                schema_name="wallets",
                 columns=["wallet_id", "reference_id", "shard", "amount", "expires_at"],
-                records=[(x.wallet.id, x.reference_id, shard_of(x.wallet.id, shards),
-                          x.pending_add[0], _timestamp(x.pending_add[1])) for x in added],
+                records=[
+                    (
+                        x.wallet.id,
+                        x.reference_id,
+                        shard_of(x.wallet.id, shards),
+                        x.pending_add[0],
+                        _timestamp(x.pending_add[1]),
+                    )
+                    for x in added
+                ],
             )
         removed = [x for x in writes if x.pending_remove]
         if removed:
@@ -384,7 +461,8 @@ class WalletKind(EntityKind[Wallet]):
                 "delete from wallets.pending p using unnest($1::uuid[], $2::text[]) "
                 "as r(wallet_id, reference_id) "
                 "where p.wallet_id = r.wallet_id and p.reference_id = r.reference_id",
-                [x.wallet.id for x in removed], [x.reference_id for x in removed],
+                [x.wallet.id for x in removed],
+                [x.reference_id for x in removed],
             )
         touched: dict[str, Wallet] = {x.wallet.id: x.wallet for x in writes}
         new = [w for w in touched.values() if w.stored_seq < 0]
@@ -394,8 +472,11 @@ class WalletKind(EntityKind[Wallet]):
                 "insert into wallets.wallets (user_id, shard, available, reserved, seq) "
                 "select * from unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], "
                 "$5::bigint[])",
-                [w.id for w in new], [shard_of(w.id, shards) for w in new],
-                [w.available for w in new], [w.reserved for w in new], [w.seq for w in new],
+                [w.id for w in new],
+                [shard_of(w.id, shards) for w in new],
+                [w.available for w in new],
+                [w.reserved for w in new],
+                [w.seq for w in new],
             )
         if old:
             status = await conn.execute(
@@ -404,18 +485,25 @@ class WalletKind(EntityKind[Wallet]):
                 "from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
                 "as u(user_id, available, reserved, seq, stored_seq) "
                 "where w.user_id = u.user_id and w.seq = u.stored_seq",
-                [w.id for w in old], [w.available for w in old], [w.reserved for w in old],
-                [w.seq for w in old], [w.stored_seq for w in old],
+                [w.id for w in old],
+                [w.available for w in old],
+                [w.reserved for w in old],
+                [w.seq for w in old],
+                [w.stored_seq for w in old],
             )
             if int(status.split()[-1]) != len(old):
                 raise StaleActivation("a wallet changed under this activation")
 
+        publish = self.host.publisher.publish
+
         def remember() -> None:
             for w in touched.values():
                 w.stored_seq = w.seq
+                publish(f"user:{w.id}", "balance", w.balance()._asdict(), coalesce=True)
             for x in writes:
-                self.recent[(x.wallet.id, x.op_key)] = Prior(x.args, x.kind, x.available,
-                                                             x.reserved)
+                self.recent[(x.wallet.id, x.op_key)] = Prior(
+                    x.args, x.kind, x.available, x.reserved
+                )
             while len(self.recent) > RECENT_RESULTS:
                 self.recent.popitem(last=False)
 
@@ -447,11 +535,13 @@ class WalletKind(EntityKind[Wallet]):
                 "and ($3::uuid is null or seq < (select seq from wallets.operations "
                 "  where wallet_id = $1 and id = $3)) "
                 "order by seq desc limit $4",
-                args["wallet_id"], list(LISTED_KINDS), args.get("before"), args["limit"],
+                args["wallet_id"],
+                list(LISTED_KINDS),
+                args.get("before"),
+                args["limit"],
             )
         return [
-            {**dict(r), "kind": LISTED_KINDS[r["kind"]], "amount": abs(r["amount"])}
-            for r in rows
+            {**dict(r), "kind": LISTED_KINDS[r["kind"]], "amount": abs(r["amount"])} for r in rows
         ]
 
 
