@@ -23,7 +23,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from . import market as m
 from . import pricing
 from . import wallet as w
-from .config import RuntimeSettings, service_dsn
+from .config import RuntimeSettings, service_dsn, use_ray_token_auth
 from .errors import InvalidInput, LootifyError, Unavailable
 from .money import check_amount, parse_odds
 from .runtime import WrongHost, canonical_id, host_handles, shard_of
@@ -466,6 +466,7 @@ def connect(
     blocking client: `connect().wallet(user_id).deposit(10_000, reference_id="d-1")`."""
     settings = RuntimeSettings() if namespace is None else RuntimeSettings(namespace=namespace)
     if not ray.is_initialized():
+        use_ray_token_auth()
         ray.init(
             address=address or os.environ.get("RAY_ADDRESS") or _local_head(),
             namespace=settings.namespace,

@@ -1,0 +1,33 @@
+# Lootify on Ray. See /work/shared/contract/API.md ("Commands").
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv up down test bench lint
+
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+up: venv
+	$(PY) scripts/cluster.py up
+
+down: venv
+	$(PY) scripts/cluster.py down
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) scripts/bench.py
+
+lint: venv
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,71 @@
+"""PostgreSQL for the test session.
+
+`pg_dsn` (session): `DATABASE_URL` if set, else an embedded server started in a
+temporary directory on a free port and stopped when the session ends.
+`create_database(dsn, name)`: a new empty database on the same server, as a DSN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from actors import pgserver
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    data_dir = tmp_path_factory.mktemp("pg")
+    dsn = pgserver.start(data_dir, port=_free_port())
+    try:
+        yield dsn
+    finally:
+        pgserver.stop(data_dir)
+
+
+def with_database(dsn: str, name: str) -> str:
+    """`dsn` with its database replaced by `name` (user, host, port, options kept)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def create_database(dsn: str, name: str) -> str:
+    """Create the empty database `name` (dropping a leftover of that name) on the server
+    of `dsn`; returns a DSN to it. `name`: lower-case letters, digits, underscores."""
+    if not _NAME.match(name):
+        raise ValueError(f"bad database name {name!r}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+        await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
+    return with_database(dsn, name)
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"bad database name {name!r}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await conn.close()
