@@ -1,0 +1,93 @@
+"""What one Serve replica holds: its PostgreSQL pool, the cluster client, the PubSub
+subscription, the read cache, the WebSocket hub, the rate limiter and the metrics.
+
+Nothing here needs the database or the host actors to be up at start: the pool
+connects on demand and the cluster client is created on first use, so a replica
+starts (and `/health` can say what is wrong) while a dependency is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import asyncpg
+
+from actors.client import AsyncLootify
+from actors.config import RuntimeSettings, service_dsn
+from actors.errors import Unavailable
+from actors.pubsub import Subscriber, get_publisher
+
+from .catalog import Catalog
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .ws import Hub
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    def __init__(self) -> None:
+        self.settings = RuntimeSettings()
+        self.metrics = Metrics()
+        self.pool: asyncpg.Pool | None = None
+        self.limiter: RateLimiter | None = None
+        self.subscriber = Subscriber(self.settings.namespace)
+        self.publisher = get_publisher(self.settings.namespace)
+        self.catalog = Catalog(self.aio)
+        self.hub = Hub(self.subscriber, self.metrics)
+        self._aio: AsyncLootify | None = None
+        self._aio_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        size = int(os.environ.get("LOOTIFY_GATEWAY_POOL_SIZE", 10))
+        # min_size=0: no connection is made here, so the replica starts without the database.
+        self.pool = await asyncpg.create_pool(
+            service_dsn("users"), min_size=0, max_size=size, command_timeout=10
+        )
+        self.limiter = RateLimiter(self.pool)
+        self.subscriber.callbacks.setdefault("event:*", set()).add(self.catalog.on_event)
+        self.subscriber.on_resync.append(self.catalog.schedule_reload)
+        self.subscriber.start()
+        self.catalog.start()
+        self.metrics.gauge_callback(
+            "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
+            lambda: 1.0 if self.subscriber.healthy else 0.0,
+        )
+
+    async def close(self) -> None:
+        self.catalog.stop()
+        await self.subscriber.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def aio(self) -> AsyncLootify:
+        """The cluster client, created on first use; 503 while the hosts are unreachable."""
+        if self._aio is not None:
+            return self._aio
+        async with self._aio_lock:
+            if self._aio is None:
+                try:
+                    self._aio = await asyncio.wait_for(
+                        AsyncLootify.create(settings=self.settings), timeout=10
+                    )
+                except Exception as exc:
+                    log.warning("cannot reach the host actors: %r", exc)
+                    raise Unavailable("the entity hosts are not reachable; retry") from exc
+        return self._aio
+
+    def db(self) -> asyncpg.Pool:
+        assert self.pool is not None, "Context.start() was not awaited"
+        return self.pool
+
+    def rate(self) -> RateLimiter:
+        assert self.limiter is not None, "Context.start() was not awaited"
+        return self.limiter
+
+    def publish_changed(self, event_id: Any) -> None:
+        """Tell every replica's catalog that this event (or one of its markets) changed."""
+        from .catalog import CHANGED
+
+        self.publisher.publish(f"event:{event_id}", CHANGED, {})

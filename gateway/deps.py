@@ -1,0 +1,145 @@
+"""What routes share: the replica context, the caller's identity and role, the client
+address, and `Idempotency-Key` handling."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import os
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from actors.errors import Forbidden, LootifyError, NotFound, Unauthenticated
+
+from . import idempotency, tokens
+
+if TYPE_CHECKING:
+    from .context import Context
+
+_REFERENCE_SAFE = re.compile(r"^[\w:.\-]{1,150}$")
+# Honour X-Forwarded-For only from these peers (e.g. HAProxy on loopback): off by default.
+_TRUSTED = [
+    ipaddress.ip_network(n.strip())
+    for n in os.environ.get("LOOTIFY_TRUSTED_PROXIES", "").split(",")
+    if n.strip()
+]
+# bet ids derived from Idempotency-Keys: one key of one user is one bet, even if the
+# idempotency row was taken over after a crash.
+_BET_NS = uuid.UUID("6f1c7c2e-4b1e-4d8e-9a4f-0c1d2b3a4e5f")
+
+
+def ctx_of(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+async def current_claims(request: Request) -> tokens.Claims:
+    """The verified claims of `Authorization: Bearer <jwt>`; 401 otherwise."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("missing Authorization: Bearer <token>")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("expected Authorization: Bearer <token>")
+    claims = await tokens.verify(ctx_of(request).db(), token.strip())
+    request.state.claims = claims
+    return claims
+
+
+Authenticated = Depends(current_claims)
+
+
+def require_roles(*roles: str) -> Callable[..., Awaitable[tokens.Claims]]:
+    async def check(claims: tokens.Claims = Authenticated) -> tokens.Claims:
+        if claims.role not in roles:
+            raise Forbidden(f"this needs the role {' or '.join(roles)}")
+        return claims
+
+    return check
+
+
+Operator = Depends(require_roles("operator", "admin"))
+# Documents the header in OpenAPI; `idempotent` reads it from the request.
+IdempotencyKey = Header(
+    None, alias="Idempotency-Key", max_length=idempotency.KEY_MAX,
+    description="Replays the first answer for the same key and body (kept 24 hours); "
+    "409 idempotency_conflict for another body, idempotency_in_progress while it runs.",
+)
+
+
+def client_ip(request: Request) -> str:
+    peer = request.client.host if request.client else "unknown"
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and _TRUSTED:
+        try:
+            if any(ipaddress.ip_address(peer) in net for net in _TRUSTED):
+                # The last entry is the one our trusted proxy appended.
+                return forwarded.split(",")[-1].strip() or peer
+        except ValueError:
+            pass
+    return peer
+
+
+def path_id(value: str, what: str) -> str:
+    """A UUID from the path; 404 for anything else (no such resource)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"no such {what}") from None
+
+
+def reference_for(kind: str, key: str | None) -> str:
+    """The wallet reference id of a money operation: from the Idempotency-Key when
+    given (so a retry after a crash is still one operation), else fresh."""
+    if key is None:
+        return f"http:{kind}:{uuid.uuid4().hex}"
+    if _REFERENCE_SAFE.match(key):
+        return f"http:{kind}:{key}"
+    return f"http:{kind}:h{hashlib.sha256(key.encode()).hexdigest()[:48]}"
+
+
+def bet_id_for(user_id: str, key: str | None) -> str | None:
+    return None if key is None else str(uuid.uuid5(_BET_NS, f"{user_id}\n{key}"))
+
+
+Work = Callable[[str | None], Awaitable[tuple[int, Any]]]
+
+
+async def idempotent(request: Request, claims: tokens.Claims, work: Work) -> JSONResponse:
+    """Run `work(key)` under the request's `Idempotency-Key` (if any): a replay gets
+    the first answer; 4xx answers are stored too, 5xx are not (the client retries)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        status, body = await work(None)
+        return JSONResponse(body, status_code=status)
+    pool = ctx_of(request).db()
+    fingerprint = idempotency.request_hash(request.method, request.url.path, await request.body())
+    replay = await idempotency.begin(pool, claims.user_id, key, fingerprint)
+    if replay is not None:
+        return JSONResponse(replay.body, status_code=replay.status,
+                            headers={"Idempotent-Replayed": "true"})
+    try:
+        status, body = await work(key)
+    except LootifyError as exc:
+        if exc.status >= 500:
+            await _abandon(pool, claims.user_id, key)
+            raise
+        status, body = exc.status, {"error": exc.to_dict()}
+    except BaseException:
+        await _abandon(pool, claims.user_id, key)
+        raise
+    await idempotency.complete(pool, claims.user_id, key, status, body)
+    return JSONResponse(body, status_code=status)
+
+
+async def _abandon(pool: Any, user_id: str, key: str) -> None:
+    # Shielded: a cancelled request (client gone) must still free its key.
+    try:
+        await asyncio.shield(idempotency.abandon(pool, user_id, key))
+    except Exception:
+        pass

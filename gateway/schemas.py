@@ -1,0 +1,204 @@
+"""Pydantic models of every HTTP body and answer, so /openapi.json tells it all.
+
+Money and odds are decimal strings (`"50.00"`, `"2.10"`); the routes turn them into
+minor units and `Decimal`s with `actors.money`, whose errors are 422 `invalid_input`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+MONEY = r"^\d{1,12}(\.\d{1,2})?$"
+Money = Field(pattern=MONEY, max_length=15, examples=["50.00"])
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["insufficient_funds"])
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+# -- auth ------------------------------------------------------------------------------
+
+
+class RegisterIn(BaseModel):
+    email: str = Field(max_length=320, examples=["ana@example.com"])
+    username: str = Field(max_length=64, examples=["ana"])
+    password: str = Field(max_length=1024, examples=["correct horse battery"])
+
+
+class LoginIn(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=4096)
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    username: str
+    role: Literal["player", "operator", "admin"]
+
+
+class AuthOut(BaseModel):
+    user: UserOut
+    token: str
+
+
+class MeOut(BaseModel):
+    user: UserOut
+
+
+# -- wallet ----------------------------------------------------------------------------
+
+
+class AmountIn(BaseModel):
+    amount: str = Money
+
+
+class BalanceOut(BaseModel):
+    balance: str = Field(examples=["100.00"])
+    available: str
+    reserved: str
+    currency: str = Field(examples=["BRL"])
+
+
+class TransactionOut(BaseModel):
+    id: str
+    kind: Literal["deposit", "withdrawal", "bet_stake", "bet_refund", "payout"]
+    amount: str
+    balance_after: str
+    reference_id: str | None
+    created_at: str | None
+
+
+class TransactionsOut(BaseModel):
+    transactions: list[TransactionOut]
+
+
+# -- events and markets ----------------------------------------------------------------
+
+
+class EventIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    category: str = Field(min_length=1, max_length=100)
+    starts_at: dt.datetime
+
+
+class SelectionIn(BaseModel):
+    key: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    name: str = Field(min_length=1, max_length=200)
+    odds: str | None = Field(default=None, max_length=15, examples=["2.10"])
+
+
+class MarketIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    type: Literal["fixed_odds", "pool"]
+    selections: list[SelectionIn] = Field(min_length=2, max_length=100)
+    overround: str | None = Field(default=None, max_length=15, examples=["1.05"])
+    takeout: str | None = Field(default=None, max_length=15, examples=["0.10"])
+    min_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
+    max_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
+    max_payout: str | None = Field(default=None, pattern=MONEY, max_length=15)
+
+
+class OddsIn(BaseModel):
+    odds: dict[str, str] = Field(min_length=1, max_length=100, examples=[{"home": "2.10"}])
+
+
+class SettleIn(BaseModel):
+    winner: str = Field(min_length=1, max_length=64)
+
+
+class SelectionOut(BaseModel):
+    key: str
+    name: str
+    odds: str | None
+
+
+class MarketOut(BaseModel):
+    id: str
+    event_id: str
+    name: str
+    type: Literal["fixed_odds", "pool"]
+    status: Literal["open", "suspended", "closed", "settled", "void"]
+    selections: list[SelectionOut]
+    min_stake: str | None = None
+    max_stake: str | None = None
+    max_payout: str | None = None
+
+
+class EventOut(BaseModel):
+    id: str
+    name: str
+    category: str
+    starts_at: str | None
+    status: str | None
+    markets: list[MarketOut]
+
+
+class EventsOut(BaseModel):
+    events: list[EventOut]
+
+
+class EventEnvelope(BaseModel):
+    event: EventOut
+
+
+class MarketEnvelope(BaseModel):
+    market: MarketOut
+
+
+# -- bets ------------------------------------------------------------------------------
+
+
+class BetIn(BaseModel):
+    market_id: str = Field(max_length=64)
+    selection: str = Field(min_length=1, max_length=64)
+    amount: str = Money
+    odds: str | None = Field(default=None, max_length=15, examples=["2.10"])
+    accept_odds: Literal["exact", "higher", "any"] | None = None
+
+
+class CancelIn(BaseModel):
+    bet_id: str = Field(max_length=64)
+
+
+class BetOut(BaseModel):
+    id: str
+    market_id: str
+    selection: str
+    amount: str
+    odds: str | None
+    potential_payout: str | None
+    status: Literal["accepted", "cancelled", "won", "lost", "void"]
+    payout: str
+    placed_at: str | None
+    settled_at: str | None
+
+
+class BetEnvelope(BaseModel):
+    bet: BetOut
+
+
+class BetsOut(BaseModel):
+    bets: list[BetOut]
+
+
+# -- operations ------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    checks: dict[str, Any]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut}
+    for code in (401, 403, 404, 409, 413, 422, 429, 503)
+}

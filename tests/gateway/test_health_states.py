@@ -1,0 +1,84 @@
+"""`/health`'s verdicts for failing dependencies, with stand-ins (no cluster needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from gateway.http import check_health
+
+
+class _Remote:
+    def __init__(self, value=None, error: Exception | None = None) -> None:
+        self.value, self.error = value, error
+
+    def remote(self, *args):
+        async def call():
+            if self.error is not None:
+                raise self.error
+            return self.value
+
+        return call()
+
+
+class _Pool:
+    def __init__(self, up: bool) -> None:
+        self.up = up
+
+    def acquire(self, timeout=None):
+        pool = self
+
+        class _Conn:
+            async def __aenter__(self):
+                if not pool.up:
+                    raise ConnectionRefusedError("down")
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+            async def fetchval(self, query):
+                return 1
+
+        return _Conn()
+
+
+def _ctx(pg: bool = True, hosts: tuple[bool, ...] = (True, True), pubsub: bool = True):
+    stats = {"entities": 3}
+    handles = [SimpleNamespace(stats=_Remote(stats, None if up else RuntimeError("dead")))
+               for up in hosts]
+    aio = SimpleNamespace(routers={"wallets": SimpleNamespace(handles=handles)})
+    ping = _Remote({"subscribers": 1}, None if pubsub else RuntimeError("gone"))
+
+    async def get_aio():
+        return aio
+
+    return SimpleNamespace(
+        db=lambda: _Pool(pg),
+        aio=get_aio,
+        subscriber=SimpleNamespace(healthy=pubsub, _get_handle=lambda: SimpleNamespace(
+            ping=ping)),
+        catalog=SimpleNamespace(loaded=True, events={}),
+    )
+
+
+def test_all_up_is_healthy() -> None:
+    status, checks = asyncio.run(check_health(_ctx()))
+    assert status == "healthy"
+    assert checks["wallets_hosts"] == {"status": "ok", "up": 2, "total": 2, "entities": 6}
+
+
+def test_postgres_down_is_unhealthy() -> None:
+    status, checks = asyncio.run(check_health(_ctx(pg=False)))
+    assert status == "unhealthy" and checks["postgres"]["status"] == "error"
+
+
+def test_all_hosts_of_a_kind_down_is_unhealthy() -> None:
+    status, _ = asyncio.run(check_health(_ctx(hosts=(False, False))))
+    assert status == "unhealthy"
+
+
+def test_some_hosts_or_pubsub_down_is_degraded() -> None:
+    assert asyncio.run(check_health(_ctx(hosts=(True, False))))[0] == "degraded"
+    status, checks = asyncio.run(check_health(_ctx(pubsub=False)))
+    assert status == "degraded" and checks["pubsub"]["status"] == "error"

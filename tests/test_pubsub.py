@@ -1,0 +1,147 @@
+"""PubSub on the session cluster: delivery, coalescing, the publishers' topic filter,
+and recovery after the broker restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import ray
+
+from actors import pubsub
+from actors.pubsub import Publisher, Subscriber, pubsub_handle
+
+pytestmark = pytest.mark.cluster
+
+
+async def _collect(sub: Subscriber, topic: str) -> list:
+    got: list = []
+    await sub.subscribe(topic, lambda t, e, p: got.append((t, e, p)))
+    return got
+
+
+async def _until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())
+
+
+def test_delivery_in_order_and_coalescing(ray_cluster, run, settings) -> None:
+    async def main() -> None:
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        topic = f"user:{uuid.uuid4()}"
+        got = await _collect(sub, topic)
+        pub = Publisher(settings.namespace)
+        for i in range(5):
+            pub.publish(topic, "balance", {"balance": i}, coalesce=True)
+        pub.publish(topic, "bet_placed", {"id": "b1"})
+        for i in range(3):
+            pub.publish(topic, "odds_updated", {"market_id": "m1", "n": i}, coalesce=True)
+            pub.publish(topic, "odds_updated", {"market_id": "m2", "n": i}, coalesce=True)
+        await pub.drain()
+        assert await _until(lambda: len(got) >= 4)
+        await asyncio.sleep(0.2)
+        assert [(e, p) for _, e, p in got] == [
+            ("balance", {"balance": 4}),
+            ("bet_placed", {"id": "b1"}),
+            ("odds_updated", {"market_id": "m1", "n": 2}),
+            ("odds_updated", {"market_id": "m2", "n": 2}),
+        ]
+        await sub.close()
+
+    run(main())
+
+
+def test_patterns_and_unsubscribe(ray_cluster, run, settings) -> None:
+    async def main() -> None:
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        got = await _collect(sub, "match:*")
+        pub = Publisher(settings.namespace)
+        pub.publish("match:1", "x", {})
+        pub.publish("match:2", "y", {})
+        pub.publish("other:1", "z", {})
+        await pub.drain()
+        assert await _until(lambda: len(got) == 2)
+        assert [e for _, e, _ in got] == ["x", "y"]
+        callback = next(iter(sub.callbacks["match:*"]))
+        sub.unsubscribe("match:*", callback)
+        await asyncio.sleep(0.3)
+        pub.publish("match:3", "late", {})
+        await pub.drain()
+        await asyncio.sleep(0.3)
+        assert len(got) == 2
+        await sub.close()
+
+    run(main())
+
+
+def test_publishers_drop_unsubscribed_topics_but_never_a_joined_one(
+    ray_cluster, run, settings
+) -> None:
+    async def main() -> None:
+        pub = Publisher(settings.namespace)
+        pub.publish(f"user:{uuid.uuid4()}", "balance", {})  # learns the topic set
+        await pub.drain()
+        before = pub.dropped
+        for _ in range(10):
+            pub.publish(f"user:{uuid.uuid4()}", "balance", {})
+        await pub.drain()
+        assert pub.dropped - before == 10
+
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        topic = f"user:{uuid.uuid4()}"
+        got = await _collect(sub, topic)  # returns once publishers cannot miss it
+        pub.publish(topic, "balance", {"n": 1})
+        await pub.drain()
+        assert await _until(lambda: got)
+        await sub.close()
+
+    run(main())
+
+
+def test_subscribers_come_back_after_a_broker_restart(ray_cluster, run, settings) -> None:
+    async def main() -> None:
+        sub = Subscriber(settings.namespace, poll_wait_s=0.2)
+        sub.start()
+        topic = f"user:{uuid.uuid4()}"
+        got = await _collect(sub, topic)
+        resyncs = []
+        sub.on_resync.append(lambda: resyncs.append(1))
+        handle = pubsub_handle(settings.namespace)
+        epoch = (await handle.ping.remote())["epoch"]
+        ray.kill(handle, no_restart=False)
+
+        async def restarted() -> bool:
+            try:
+                return (await handle.ping.remote())["epoch"] != epoch
+            except Exception:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not await restarted():
+            assert time.monotonic() < deadline, "PubSub did not restart"
+            await asyncio.sleep(0.2)
+        pub = Publisher(settings.namespace)
+        deadline = time.monotonic() + 20
+        while not got:  # events are ephemeral: publish until the re-registration is done
+            assert time.monotonic() < deadline, "no delivery after the restart"
+            pub.publish(topic, "balance", {"n": 1})
+            await pub.drain()
+            await asyncio.sleep(0.2)
+        assert resyncs, "the read caches were told to resync"
+        assert sub.healthy
+        await sub.close()
+
+    run(main())
+
+
+def test_join_wait_covers_the_publishers_staleness() -> None:
+    assert pubsub.JOIN_WAIT_S > pubsub.STALE_S
