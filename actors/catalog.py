@@ -20,7 +20,7 @@ from .errors import NotFound
 _EVENT = "select id::text, name, category, starts_at, status from bets.events"
 _MARKET = (
     "select id::text, event_id::text, name, type, status, selections, odds, pricing, "
-    "min_stake, max_stake, max_payout, winner from bets.markets"
+    "min_stake, max_stake, max_payout, winner, version from bets.markets"
 )
 _BET = (
     "select id::text, user_id::text, market_id::text, selection, amount, odds_x100, "
@@ -50,8 +50,13 @@ async def get_event(conn: asyncpg.Connection, event_id: str) -> dict[str, Any]:
     return {**dict(row), "markets": [market_view(m) for m in markets]}
 
 
-async def list_events(conn: asyncpg.Connection, limit: int = 200) -> list[dict[str, Any]]:
-    events = await conn.fetch(_EVENT + " order by starts_at, id limit $1", limit)
+async def list_events(conn: asyncpg.Connection, limit: int = 1000) -> list[dict[str, Any]]:
+    """Events still to come or under way, and those of the last day, soonest first."""
+    events = await conn.fetch(
+        _EVENT + " where status in ('scheduled', 'live') or starts_at > now() - interval '1 day'"
+        " order by starts_at, id limit $1",
+        limit,
+    )
     ids = [e["id"] for e in events]
     markets = await conn.fetch(
         _MARKET + " where event_id = any($1::uuid[]) order by created_at", ids
@@ -80,6 +85,7 @@ def market_view(row: asyncpg.Record) -> dict[str, Any]:
         "max_payout": row["max_payout"],
         "winner": row["winner"],
         "takeout_bp": takeout if row["type"] == "pool" else None,
+        "version": row["version"],
     }
 
 

@@ -94,16 +94,21 @@ class Router:
             try:
                 outcomes = await self.handles[host].call.remote([(i, m) for i, m, _ in batch])
                 break
-            except _HOST_DOWN as exc:
+            except _HOST_DOWN:
                 if time.monotonic() >= deadline:
                     error = Unavailable(f"{self.kind} host {host} is down: retry later")
                     for _, _, future in batch:
                         if not future.done():
                             future.set_exception(error)
                     return
-                del exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+            except Exception as exc:  # e.g. a message the host could not unpickle
+                error = Unavailable(f"{self.kind} host {host} refused the batch: {exc!r:.200}")
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                return
         moved = []
         for (entity_id, message, future), (ok, value) in zip(batch, outcomes, strict=True):
             if future.done():
@@ -121,6 +126,13 @@ class Router:
 
     async def _refresh_directory(self) -> None:
         self.directory = await self.handles[0].directory_view.remote()
+
+
+def _unwrap(outcome: tuple[bool, Any]) -> Any:
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
 
 
 def _text(value: object, field: str, limit: int = 200) -> str:
@@ -259,7 +271,7 @@ class AsyncLootify:
 
     def _host_query(self, router: Router) -> Callable:
         async def query(entity_id: str, name: str, args: dict) -> Any:
-            return await router.handles[router.host_of(entity_id)].query.remote(name, args)
+            return _unwrap(await router.handles[router.host_of(entity_id)].query.remote(name, args))
 
         return query
 
@@ -268,7 +280,7 @@ class AsyncLootify:
 
     async def _catalog(self, query: str, **args: Any) -> Any:
         router = self.routers["markets"]
-        return await router.handles[0].query.remote(query, args)
+        return _unwrap(await router.handles[0].query.remote(query, args))
 
     async def create_event(self, name: str, category: str, starts_at: datetime) -> dict:
         name, category = _text(name, "name"), _text(category, "category")

@@ -57,7 +57,7 @@ ACCEPT_POLICIES = ("exact", "higher", "any")
 TRANSITIONS = {
     "suspend": ({"open"}, "suspended"),
     "reopen": ({"suspended"}, "open"),
-    "close": ({"open", "suspended"}, "closed"),
+    "close": ({"open"}, "closed"),
     "void": ({"open", "suspended", "closed"}, "void"),
 }
 
@@ -248,6 +248,7 @@ class Market:
             "max_payout": self.max_payout,
             "winner": self.winner,
             "takeout_bp": self.takeout_bp if self.type == "pool" else None,
+            "version": self.version,
         }
 
     def odds_view(self) -> dict[str, Any]:
@@ -351,6 +352,20 @@ class MarketKind(EntityKind[Market]):
             to_reserve.append(op)
         if not to_reserve:
             return
+        elsewhere = {
+            r["id"]: r["market_id"]
+            for r in await conn.fetch(
+                "select id::text, market_id::text from bets.bets where id = any($1::uuid[])",
+                [op.message.bet_id for op in to_reserve],
+            )
+        }
+        if elsewhere:
+            for op in to_reserve:
+                if op.message.bet_id in elsewhere:
+                    op.prepared = IdempotencyConflict(
+                        f"bet {op.message.bet_id} exists on another market"
+                    )
+            to_reserve = [op for op in to_reserve if op.prepared is None]
         router = await self.wallets()
         results = await asyncio.gather(
             *(
@@ -360,6 +375,7 @@ class MarketKind(EntityKind[Market]):
                         op.message.amount,
                         _stake_ref(op.message.bet_id),
                         self.host.settings.reservation_timeout_s,
+                        confirm_held=True,
                     ),
                 )
                 for op in to_reserve
@@ -367,6 +383,8 @@ class MarketKind(EntityKind[Market]):
             return_exceptions=True,
         )
         for op, result in zip(to_reserve, results, strict=True):
+            if isinstance(result, ReservationResolved):
+                result = _refused_before(op.message.bet_id)
             op.prepared = result if isinstance(result, BaseException) else "reserved"
 
     def _check_bet(self, m: Market, msg: PlaceBet) -> int | None:
@@ -463,7 +481,7 @@ class MarketKind(EntityKind[Market]):
         m.bets[bet.id] = bet
         m.add_exposure(bet, +1)
         m.reprice()
-        round_.writes.append(("bet_new", m.id, bet))
+        round_.writes.append(("bet_new", m.id, bet, op))
         self._touch(m, round_, "odds")
         return bet.view(m.id)
 
@@ -490,8 +508,6 @@ class MarketKind(EntityKind[Market]):
             raise InvalidInput(f"unknown action {action!r}")
         sources, target = TRANSITIONS[action]
         if m.status not in sources:
-            if m.status == "settled":
-                raise AlreadySettled("the market is settled")
             raise InvalidTransition(f"cannot {action} a market that is {m.status}")
         m.status = target
         if target == "void":
@@ -736,17 +752,26 @@ class MarketKind(EntityKind[Market]):
 
         round_.after_commit.append(remember)
 
-    def _publish(self, markets: dict, changes: dict, new_bets: list, bet_market: dict,
-                 settled: list) -> None:
+    def _publish(
+        self, markets: dict, changes: dict, new_bets: list, bet_market: dict, settled: list
+    ) -> None:
         """Tell subscribers (via PubSub) what the round changed; odds are coalesced, so a
         burst of bets gives at most one update per market per flush."""
         publish = self.host.publisher.publish
         for market_id, m in markets.items():
             topic = f"event:{m.event_id}"
             if changes.get(market_id) == "status_changed":
-                publish(topic, "status_changed", {"market_id": m.id, "status": m.status})
-            publish(topic, "odds_updated", {"market_id": m.id, "odds": m.odds_view()},
-                    coalesce=True)
+                publish(
+                    topic,
+                    "status_changed",
+                    {"market_id": m.id, "status": m.status, "version": m.version},
+                )
+            publish(
+                topic,
+                "odds_updated",
+                {"market_id": m.id, "odds": m.odds_view(), "version": m.version},
+                coalesce=True,
+            )
         for bet in new_bets:
             publish(f"user:{bet.user_id}", "bet_placed", bet.view(bet_market[bet.id]))
         seen = set()
@@ -762,10 +787,12 @@ class MarketKind(EntityKind[Market]):
         stakes: dict[str, tuple[str, Bet]] = {}
         pays: dict[str, tuple[str, Bet]] = {}
         releases: list[tuple[str, str]] = []
+        placing: dict[str, Op] = {}
         for write in round_.writes:
             tag = write[0]
             if tag == "bet_new":
                 stakes[write[2].id] = (write[1], write[2])
+                placing[write[2].id] = write[3]
             elif tag == "release":
                 releases.append((write[2], write[3]))
             elif tag in ("bet_update", "recover"):
@@ -776,7 +803,7 @@ class MarketKind(EntityKind[Market]):
                     self._collect(write[1], bet, stakes, pays)
         if not (stakes or pays or releases):
             return None
-        return self._move_money(stakes, pays, releases)
+        return self._move_money(stakes, pays, releases, placing)
 
     @staticmethod
     def _collect(market_id: str, bet: Bet, stakes: dict, pays: dict) -> None:
@@ -785,7 +812,9 @@ class MarketKind(EntityKind[Market]):
         if bet.payout_state == "owed":
             pays[bet.id] = (market_id, bet)
 
-    async def _move_money(self, stakes: dict, pays: dict, releases: list) -> None:
+    async def _move_money(
+        self, stakes: dict, pays: dict, releases: list, placing: dict[str, Op] | None = None
+    ) -> None:
         """Commit stakes, then credit what is owed, then record it in the markets."""
         router = await self.wallets()
         moved: dict[str, dict[str, list[str]]] = defaultdict(
@@ -805,6 +834,9 @@ class MarketKind(EntityKind[Market]):
                 moved[mid]["staked"].append(bet.id)
             elif isinstance(outcome, (ReservationResolved, NotFound)):
                 moved[mid]["returned"].append(bet.id)
+                op = (placing or {}).get(bet.id)
+                if op is not None:  # its reservation ended before the commit
+                    op.error = _refused_before(bet.id)
         returned = {b for m in moved.values() for b in m["returned"]}
         owed = [
             (mid, bet)
@@ -872,6 +904,12 @@ def _pricing_json(m: Market) -> dict:
         return {"model": "pool", "takeout_bp": m.takeout_bp}
     assert m.model is not None
     return m.model.to_json()
+
+
+def _refused_before(bet_id: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"bet {bet_id} was refused before and its stake returned; place it with a new id"
+    )
 
 
 def _stake_ref(bet_id: str) -> str:

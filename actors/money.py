@@ -45,6 +45,8 @@ def format_amount(minor: int) -> str:
 
 
 def parse_odds(text: object, *, field: str = "odds") -> Decimal:
+    if isinstance(text, Decimal) and text.is_finite():
+        text = str(text)
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise InvalidInput(f'{field} must be a decimal string such as "2.10"', field=field)
     raw = str(text).strip()

@@ -71,8 +71,7 @@ class FixedOddsModel:
             k: max(_MIN_WEIGHT, self.base[k] + (liability[k] - self.offset[k]) / self.depth)
             for k in self.keys
         }
-        total = sum(weights.values())
-        return {k: _snap_down(total / (self.overround * w)) for k, w in weights.items()}
+        return {k: _snap_down(1 / q) for k, q in _capped(weights, self.overround).items()}
 
     def to_json(self) -> dict:
         return {
@@ -86,6 +85,27 @@ class FixedOddsModel:
     @classmethod
     def from_json(cls, keys: list[str], data: dict) -> FixedOddsModel:
         return cls(keys, data["base"], data["overround"], data["offset"], data["depth"])
+
+
+def _capped(weights: dict[str, float], overround: float) -> dict[str, float]:
+    """Implied probabilities `overround * w / sum(w)`, none above 1/1.01: a selection
+    pushed past the shortest price keeps 1.01 and the margin it cannot carry is
+    spread over the others by weight, so the book's overround holds."""
+    cap = 100 / MIN_ODDS
+    capped: dict[str, float] = {}
+    while True:
+        free = {k: w for k, w in weights.items() if k not in capped}
+        left = overround - cap * len(capped)
+        total = sum(free.values())
+        probs = {k: left * w / total for k, w in free.items()} if total > 0 else {}
+        over = [k for k, q in probs.items() if q > cap]
+        if not over:
+            return {**probs, **capped}
+        if len(capped) + len(over) == len(weights):  # every price at the floor
+            return {**capped, **{k: cap for k in over}, **{
+                k: q for k, q in probs.items() if k not in over}}
+        for k in over:
+            capped[k] = cap
 
 
 def pool_odds(stakes: dict[str, int], takeout_bp: int) -> dict[str, int | None]:

@@ -147,6 +147,8 @@ class Op:
     message: Any
     future: asyncio.Future
     prepared: Any = None
+    # Set by `finish` when what followed the commit turned the answer into a refusal.
+    error: LootifyError | None = None
 
 
 class Entry:
@@ -206,15 +208,22 @@ class EntityHost:
         self.entities: dict[str, Entry] = {}
         self.queue: list[Op] = []
         self.wake = asyncio.Event()
+        # Held by a running round; passivation and resets take it so they never drop
+        # an entity a round is working on.
+        self.round_lock = asyncio.Lock()
         self.pool: asyncpg.Pool | None = None
         self.directory: list[int] = []
         self.owned: set[int] = set()
         self.kind = _kind_class(kind)(self)
         self.rounds = 0
         self.ops_done = 0
+        self.calls = 0
         # Seconds spent per phase of a round, summed (exported as metrics).
         self.phase_seconds = {"load": 0.0, "prepare": 0.0, "apply": 0.0, "commit": 0.0}
         self._started: asyncio.Future | None = None
+        # Start right away, after a restart too (recovery must not wait for a caller):
+        # the call runs once __init__ has returned.
+        ray.get_runtime_context().current_actor.directory_view.remote()
 
     def _ready(self) -> asyncio.Future:
         # Started on the first call, inside the actor's running event loop.
@@ -245,6 +254,7 @@ class EntityHost:
         """Deliver a batch of `(entity_id, message)`; answer each `(ok, result|error)`
         in the same order, once its effects are committed."""
         await self._ready()
+        self.calls += 1
         loop = asyncio.get_running_loop()
         ops = [Op(entity_id, message, loop.create_future()) for entity_id, message in batch]
         self.queue.extend(ops)
@@ -257,9 +267,13 @@ class EntityHost:
                 outcomes.append((False, exc))
         return outcomes
 
-    async def query(self, name: str, args: dict[str, Any]) -> Any:
+    async def query(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+        """A read (or catalog write) that needs no entity; answered `(ok, result|error)`."""
         await self._ready()
-        return await self.kind.query(name, args)
+        try:
+            return True, await self.kind.query(name, args)
+        except LootifyError as exc:
+            return False, exc
 
     async def directory_view(self) -> list[int]:
         await self._ready()
@@ -276,6 +290,7 @@ class EntityHost:
             "rss": psutil.Process().memory_info().rss,
             "entities": len(self.entities),
             "queued": len(self.queue),
+            "calls": self.calls,
             "rounds": self.rounds,
             "ops": self.ops_done,
             "phase_seconds": dict(self.phase_seconds),
@@ -284,13 +299,15 @@ class EntityHost:
     async def passivate_all(self) -> int:
         """Drop every idle entity now (tests and benchmarks; normal passivation is by age)."""
         await self._ready()
-        return self._passivate(cutoff=None)
+        async with self.round_lock:
+            return self._passivate(cutoff=None)
 
     async def reset(self) -> None:
         """Forget every activated entity (tests clean the tables between cases)."""
         await self._ready()
-        self.entities.clear()
-        await self.kind.reset()
+        async with self.round_lock:
+            self.entities.clear()
+            await self.kind.reset()
 
     def pid(self) -> int:
         return os.getpid()
@@ -304,10 +321,12 @@ class EntityHost:
             while self.queue:
                 batch, self.queue = self.queue, []
                 try:
-                    await self._run_round(batch)
+                    async with self.round_lock:
+                        await self._run_round(batch)
                 except Exception:  # the loop must survive anything a round does
                     log.exception("round failed")
-                    for op in batch:
+                    for op in batch:  # memory may be ahead of the database: rebuild
+                        self.entities.pop(op.entity_id, None)
                         if not op.future.done():
                             op.future.set_exception(Unavailable("the host failed; retry"))
 
@@ -419,7 +438,8 @@ class EntityHost:
                 log.exception("tick failed")
             if time.monotonic() - last_passivation >= self.settings.idle_seconds / 2:
                 last_passivation = time.monotonic()
-                self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
+                async with self.round_lock:
+                    self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
 
     def _passivate(self, cutoff: int | None) -> int:
         busy = {op.entity_id for op in self.queue}
@@ -444,7 +464,11 @@ class EntityHost:
 
 def _answer(answered: list[tuple[Op, Any]]) -> None:
     for op, result in answered:
-        if not op.future.done():
+        if op.future.done():
+            continue
+        if op.error is not None:
+            op.future.set_exception(op.error)
+        else:
             op.future.set_result(result)
 
 

@@ -40,6 +40,9 @@ from .money import check_amount
 from .runtime import EntityKind, Op, RetryRound, Round, shard_of
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+# Resolutions of a reservation share one key; "/" cannot occur in a reference id,
+# so no reference id can collide with a resolution's key.
+RESOLVE = "resolve/"
 RECENT_RESULTS = 100_000
 _ACCOUNT = re.compile(r"^(house|external|market:[0-9a-f-]{36})$")
 _REFERENCE = re.compile(r"^[\w:.\-]{1,200}$")
@@ -85,6 +88,10 @@ class Reserve:
     amount: int
     reference_id: str
     timeout_s: float | None = None
+    # A replay normally answers the first result; with this set, a replay of a
+    # reservation that has since ended is refused (ReservationResolved), for callers
+    # that go on to spend the money held.
+    confirm_held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +121,9 @@ class Expire:
 
 def validate(message: Any) -> Any:
     """Check a message's arguments at the caller, before anything is sent."""
-    ref = getattr(message, "reference_id", None)
-    if ref is not None and (not isinstance(ref, str) or not _REFERENCE.match(ref)):
+    if hasattr(message, "reference_id") and (
+        not isinstance(message.reference_id, str) or not _REFERENCE.fullmatch(message.reference_id)
+    ):
         raise InvalidInput(
             "reference_id must be 1-200 letters, digits or :._-", field="reference_id"
         )
@@ -234,14 +242,26 @@ class WalletKind(EntityKind[Wallet]):
             if prior is not None:
                 self.round_priors[k] = prior
             elif careful or (
-                key.startswith("resolve:")
+                key.startswith(RESOLVE)
                 and op.message.reference_id not in (entities[op.entity_id].state.pending or ())
             ):
                 unknown[k] = None
         if not unknown:
             return
+        for r in await conn.fetch(
+            "select o.wallet_id::text as id, o.op_key, o.args, o.kind, o.available_after, "
+            "o.reserved_after from wallets.operations o "
+            "join unnest($1::uuid[], $2::text[]) as k(wallet_id, op_key) "
+            "on o.wallet_id = k.wallet_id and o.op_key = k.op_key",
+            [k[0] for k in unknown],
+            [k[1] for k in unknown],
+        ):
+            self.round_priors[(r["id"], r["op_key"])] = Prior(
+                r["args"], r["kind"], r["available_after"], r["reserved_after"]
+            )
 
     def apply(self, w: Wallet, message: Any, round_: Round, op: Op) -> Balance:
+        validate(message)  # again here: a message may reach the host without the client
         self._expire_due(w, round_)
         if isinstance(message, GetBalance):
             return w.balance()
@@ -250,8 +270,17 @@ class WalletKind(EntityKind[Wallet]):
         prior = self.round_priors.get((w.id, key))
         if prior is not None:
             if prior.args == args:
+                if (
+                    isinstance(message, Reserve)
+                    and message.confirm_held
+                    and message.reference_id not in (w.pending or ())
+                ):
+                    raise ReservationResolved(
+                        f"reservation {message.reference_id} has ended",
+                        reference_id=message.reference_id,
+                    )
                 return Balance(prior.available + prior.reserved, prior.available, prior.reserved)
-            if key.startswith("resolve:"):
+            if key.startswith(RESOLVE):
                 raise ReservationResolved(
                     f"reservation {message.reference_id} was already {_resolved_word(prior.kind)}",
                     reference_id=message.reference_id,
@@ -379,13 +408,13 @@ class WalletKind(EntityKind[Wallet]):
         now = time.time()
         due = [ref for ref, (_, exp) in w.pending.items() if exp is not None and exp <= now]
         for ref in due:
-            if (w.id, f"resolve:{ref}") in self.round_priors:
+            if (w.id, RESOLVE + ref) in self.round_priors:
                 continue
             a = w.pending[ref][0]
             self._write(
                 w,
                 round_,
-                f"resolve:{ref}",
+                RESOLVE + ref,
                 "expire",
                 ref,
                 "expire",
@@ -566,7 +595,7 @@ def _op_key(message: Any) -> str | None:
     if isinstance(message, GetBalance):
         return None
     if isinstance(message, (Commit, Release, Expire)):
-        return f"resolve:{message.reference_id}"
+        return RESOLVE + message.reference_id
     return message.reference_id
 
 

@@ -26,7 +26,7 @@ create table wallets.wallets (
 );
 
 -- Every operation, keyed for idempotency: replaying (wallet, op_key) returns the
--- stored result. Reservation resolutions share the key `resolve:<reference>`, so a
+-- stored result. Reservation resolutions share the key `resolve/<reference>`, so a
 -- reservation resolves at most once.
 create table wallets.operations (
     id uuid not null,
