@@ -28,6 +28,7 @@ test: venv
 
 bench: venv
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_http.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
