@@ -153,47 +153,54 @@ def decode(token: object) -> Claims:
 
 
 class RevocationCache:
-    """Per-process memory of revocation look-ups.
+    """This process's copy of the deny-list, followed from PostgreSQL as a feed.
 
-    Trade-off: a jti found *not* revoked is trusted for `ttl` seconds without asking
-    PostgreSQL again, so a busy client costs one query per second instead of one per
-    request. The price: after a logout on another replica, this replica may still
-    accept the token for up to `ttl` seconds. A logout on this replica is seen at once
-    (`revoked` below). With `ttl=0` every verify asks the database."""
+    Trade-off: the copy is refreshed at most every `ttl` seconds, so checking a token
+    costs no query (one small read per process per `ttl`, whatever the number of
+    users); the price is that a logout on another replica may take up to `ttl`
+    seconds to be refused here. A logout on this replica is seen at once. With
+    `ttl=0` every check reads the feed first."""
 
-    def __init__(self, ttl: float = 1.0, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float = 1.0) -> None:
         self.ttl = ttl
-        self.max_entries = max_entries
-        self._checked: dict[str, float] = {}  # jti -> monotonic time found not revoked
         self._revoked: dict[str, float] = {}  # jti -> token expiry (epoch seconds)
+        self._seq = 0
+        self._synced_at = float("-inf")
 
-    def fresh(self, jti: str) -> bool:
-        at = self._checked.get(jti)
-        return at is not None and time.monotonic() - at < self.ttl
+    def due(self) -> bool:
+        return time.monotonic() - self._synced_at >= self.ttl
+
+    async def refresh(self, pool: asyncpg.Pool) -> None:
+        # Claimed before the read, so concurrent checks go on with the current copy
+        # instead of all reading the feed at once.
+        claimed, self._synced_at = self._synced_at, time.monotonic()
+        try:
+            async with pool.acquire() as c:
+                rows = await c.fetch(
+                    "select seq, jti, extract(epoch from expires_at)::float8 as expires "
+                    "from users.revoked_tokens where seq > $1 order by seq",
+                    self._seq,
+                )
+        except BaseException:
+            self._synced_at = claimed
+            raise
+        for r in rows:
+            self._revoked[r["jti"]] = r["expires"]
+            self._seq = r["seq"]
+        if len(self._revoked) > 100_000:
+            now = time.time()
+            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
 
     def is_revoked(self, jti: str) -> bool:
         return jti in self._revoked
 
-    def mark_valid(self, jti: str) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._checked) >= self.max_entries:
-            cutoff = time.monotonic() - self.ttl
-            self._checked = {k: v for k, v in self._checked.items() if v > cutoff}
-            if len(self._checked) >= self.max_entries:
-                self._checked.clear()
-        self._checked[jti] = time.monotonic()
-
     def mark_revoked(self, jti: str, expires_at: float) -> None:
-        self._checked.pop(jti, None)
-        if len(self._revoked) >= self.max_entries:
-            now = time.time()
-            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
         self._revoked[jti] = expires_at
 
     def clear(self) -> None:
-        self._checked.clear()
         self._revoked.clear()
+        self._seq = 0
+        self._synced_at = float("-inf")
 
 
 DEFAULT_CACHE = RevocationCache(float(os.environ.get("LOOTIFY_REVOCATION_CACHE_S", 1.0)))
@@ -205,16 +212,10 @@ async def verify(
     """The claims of a valid, unexpired, unrevoked token; `Unauthenticated` otherwise."""
     claims = decode(token)
     cache = DEFAULT_CACHE if cache is None else cache
+    if not cache.is_revoked(claims.jti) and cache.due():
+        await cache.refresh(pool)
     if cache.is_revoked(claims.jti):
         raise Unauthenticated("token revoked")
-    if cache.fresh(claims.jti):
-        return claims
-    async with pool.acquire() as c:
-        revoked = await c.fetchval("select 1 from users.revoked_tokens where jti = $1", claims.jti)
-    if revoked:
-        cache.mark_revoked(claims.jti, claims.expires_at)
-        raise Unauthenticated("token revoked")
-    cache.mark_valid(claims.jti)
     return claims
 
 
