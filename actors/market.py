@@ -326,7 +326,7 @@ class MarketKind(EntityKind[Market]):
                 _epoch(r["settled_at"]),
             )
             m.bets[bet.id] = bet
-            if bet.status == "accepted":
+            if bet.status in ("accepted", "won", "lost"):  # bets that stood keep their exposure
                 m.add_exposure(bet, +1)
         for m in markets.values():
             if m.event_id is not None:
@@ -592,7 +592,7 @@ class MarketKind(EntityKind[Market]):
         for bet_id in msg.returned:
             bet = m.bets[bet_id]
             if bet.stake == "reserved":  # the reservation ended first: the bet never stood
-                if bet.status == "accepted":
+                if bet.status in ("accepted", "won", "lost"):
                     m.add_exposure(bet, -1)
                     m.reprice()
                 bet.stake, bet.status, bet.payout, bet.payout_state = "returned", "void", 0, "none"

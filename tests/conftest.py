@@ -42,8 +42,10 @@ def database_url(pg_dsn: str) -> Iterator[str]:  # noqa: F811
 
 @pytest.fixture(scope="session")
 def settings() -> RuntimeSettings:
-    # A short idle time so passivation is observable within a test.
-    return RuntimeSettings(namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0)
+    # Short idle and reservation times so passivation and expiry show within a test.
+    return RuntimeSettings(
+        namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0, reservation_timeout_s=15.0
+    )
 
 
 @pytest.fixture(scope="session")
