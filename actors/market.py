@@ -687,10 +687,11 @@ class MarketKind(EntityKind[Market]):
         for _, market_id, winner, _accepted, pool, winning in settles:
             m = markets[market_id]
             await conn.execute(
-                "update bets.bets set status = case when selection = $2 then 'won' else 'lost' end, "
+                "update bets.bets set "
+                "status = case when selection = $2 then 'won' else 'lost' end, "
                 "payout = case when selection <> $2 then 0 "
-                "  when $3::text = 'pool' "
-                "  then div(amount::numeric * $4::bigint * ($5::int - $6::int), $7::numeric * $5::int) "
+                "  when $3::text = 'pool' then div("
+                "    amount::numeric * $4::bigint * ($5::int - $6::int), $7::numeric * $5::int) "
                 "  else potential_payout end, "
                 "settled_at = $8 where market_id = $1 and status = 'accepted'",
                 market_id,

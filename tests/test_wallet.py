@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import random
+import sys
 import time
 import uuid
 from collections import Counter
@@ -926,9 +926,9 @@ def test_passivation_during_a_round_neither_fails_nor_corrupts_it(aio, run, sql)
     awaits PostgreSQL; it must not drop an entity the round is working on, and a round
     that fails must not leave unpersisted changes in memory.
 
-    Regression guard (actors/runtime.py, `_passivate` / `_run_round` / `_rounds`): `_passivate` spares
-    only ids still in `self.queue`, but a running round has taken its batch out of the
-    queue. An activated wallet dropped while the round awaits `kind.load` (for the
+    Regression guard (actors/runtime.py, `_passivate` / `_run_round` / `_rounds`):
+    `_passivate` once spared only ids still in `self.queue`, but a running round has
+    taken its batch out of the queue. An activated wallet dropped while the round awaits `kind.load` (for the
     round's other, new wallets) makes `self.entities[op.entity_id]` raise KeyError
     (in `WalletKind.prepare` or in the apply loop); `_rounds` fails the whole batch with
     Unavailable but does not drop the entities the round already applied, so their
