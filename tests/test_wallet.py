@@ -928,8 +928,8 @@ def test_passivation_during_a_round_neither_fails_nor_corrupts_it(aio, run, sql)
 
     Regression guard (actors/runtime.py, `_passivate` / `_run_round` / `_rounds`):
     `_passivate` once spared only ids still in `self.queue`, but a running round has
-    taken its batch out of the queue. An activated wallet dropped while the round awaits `kind.load` (for the
-    round's other, new wallets) makes `self.entities[op.entity_id]` raise KeyError
+    taken its batch out of the queue. An activated wallet dropped while the round
+    awaits `kind.load` (for the round's other, new wallets) makes `self.entities[op.entity_id]` raise KeyError
     (in `WalletKind.prepare` or in the apply loop); `_rounds` fails the whole batch with
     Unavailable but does not drop the entities the round already applied, so their
     unpersisted changes stay in memory, and the caller's retry with the same reference id
