@@ -926,14 +926,9 @@ def test_passivation_during_a_round_neither_fails_nor_corrupts_it(aio, run, sql)
     awaits PostgreSQL; it must not drop an entity the round is working on, and a round
     that fails must not leave unpersisted changes in memory.
 
-    Regression guard (actors/runtime.py, `_passivate` / `_run_round` / `_rounds`):
-    `_passivate` once spared only ids still in `self.queue`, but a running round has
-    taken its batch out of the queue. An activated wallet dropped while the round
-    awaits `kind.load` (for the round's other, new wallets) makes `self.entities[op.entity_id]` raise KeyError
-    (in `WalletKind.prepare` or in the apply loop); `_rounds` fails the whole batch with
-    Unavailable but does not drop the entities the round already applied, so their
-    unpersisted changes stay in memory, and the caller's retry with the same reference id
-    applies them a second time: the wallet row then holds more than its journal."""
+    Regression guard (actors/runtime.py): passivation once dropped entities a running
+    round had taken out of the queue, failing the round, and a failed round kept its
+    unpersisted changes in memory, so a retry applied them twice."""
     router = aio.routers["wallets"]
     host = 0
     handle = router.handles[host]
