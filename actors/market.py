@@ -335,33 +335,43 @@ class MarketKind(EntityKind[Market]):
 
     # -- the saga's first step -----------------------------------------------------
 
-    async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
+    async def admit(self, ops: list[Op]) -> None:
+        """Before the mailbox: refuse what is plainly refused and reserve the stakes of
+        the rest. It runs outside the rounds, so reservations for the next bets travel
+        while the current round commits; the price is only provisional here (the
+        round decides), and an entity not yet activated is checked in the round."""
         to_reserve: list[Op] = []
         for op in ops:
             msg = op.message
             if not isinstance(msg, PlaceBet):
                 continue
-            m = self.host.entities[op.entity_id].state
-            if m.event_id is None or msg.bet_id in m.bets:
-                continue  # apply answers: not found, or a replay
-            try:
-                self._check_bet(m, msg)
-            except LootifyError as exc:
-                op.prepared = exc
-                continue
+            entry = self.host.entities.get(op.entity_id)
+            if entry is not None:
+                m = entry.state
+                if m.event_id is None or msg.bet_id in m.bets:
+                    continue  # the round answers: not found, or a replay
+                try:
+                    self._check_bet(m, msg)
+                except LootifyError as exc:
+                    op.prepared = exc
+                    continue
             to_reserve.append(op)
         if not to_reserve:
             return
-        elsewhere = {
-            r["id"]: r["market_id"]
-            for r in await conn.fetch(
-                "select id::text, market_id::text from bets.bets where id = any($1::uuid[])",
-                [op.message.bet_id for op in to_reserve],
-            )
-        }
-        if elsewhere:
+        async with self.host.pool.acquire() as conn:
+            known = {
+                r["id"]: r["market_id"]
+                for r in await conn.fetch(
+                    "select id::text, market_id::text from bets.bets where id = any($1::uuid[])",
+                    [op.message.bet_id for op in to_reserve],
+                )
+            }
+        if known:
             for op in to_reserve:
-                if op.message.bet_id in elsewhere:
+                market_id = known.get(op.message.bet_id)
+                if market_id == op.entity_id:
+                    op.prepared = "known"  # a replay: the round answers the bet as it is
+                elif market_id is not None:
                     op.prepared = IdempotencyConflict(
                         f"bet {op.message.bet_id} exists on another market"
                     )
@@ -416,6 +426,8 @@ class MarketKind(EntityKind[Market]):
         if isinstance(msg, CreateMarket):
             return self._create(m, msg, round_)
         if m.event_id is None:
+            if isinstance(msg, PlaceBet) and op.prepared == "reserved":
+                round_.writes.append(("release", m.id, msg.user_id, msg.bet_id))
             raise NotFound(f"no market {m.id}")
         if isinstance(msg, GetMarket):
             return m.view()
@@ -723,23 +735,27 @@ class MarketKind(EntityKind[Market]):
                 [b.payout_state for b in bets],
                 [_dt(b.settled_at) for b in bets],
             )
-        for m in markets.values():
-            if m.stored_version < 0:
-                continue
+        stored = [m for m in markets.values() if m.stored_version >= 0]
+        if stored:
             status = await conn.execute(
-                "update bets.markets set status = $2, pricing = $3, odds = $4, winner = $5, "
-                "version = $6, settled_at = $7 where id = $1 and version = $8",
-                m.id,
-                m.status,
-                json.dumps(_pricing_json(m)),
-                json.dumps(m.odds),
-                m.winner,
-                m.version,
-                _dt(m.settled_at),
-                m.stored_version,
+                "update bets.markets m set status = u.status, pricing = u.pricing, "
+                "odds = u.odds, winner = u.winner, version = u.version, "
+                "settled_at = u.settled_at "
+                "from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], "
+                "$6::bigint[], $7::timestamptz[], $8::bigint[]) "
+                "as u(id, status, pricing, odds, winner, version, settled_at, stored_version) "
+                "where m.id = u.id and m.version = u.stored_version",
+                [m.id for m in stored],
+                [m.status for m in stored],
+                [json.dumps(_pricing_json(m)) for m in stored],
+                [json.dumps(m.odds) for m in stored],
+                [m.winner for m in stored],
+                [m.version for m in stored],
+                [_dt(m.settled_at) for m in stored],
+                [m.stored_version for m in stored],
             )
-            if status != "UPDATE 1":
-                raise RuntimeError(f"market {m.id} changed under this activation")
+            if status != f"UPDATE {len(stored)}":
+                raise RuntimeError("a market changed under this activation")
 
         changes = {write[1]: write[3] for write in round_.writes if write[0] == "market"}
         settled = [b for s in settles for b in s[3]] + [

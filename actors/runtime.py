@@ -111,6 +111,10 @@ class EntityKind(Generic[State]):
         fresh state."""
         raise NotImplementedError
 
+    async def admit(self, ops: list[Op]) -> None:
+        """Work on a delivered batch before it enters the mailbox, concurrently with the
+        rounds (e.g. reserving money in other entities). It must not change entities."""
+
     async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
         """Fetch what the round's messages need besides entity state (e.g. earlier
         results for idempotency), before any of them is applied."""
@@ -257,6 +261,11 @@ class EntityHost:
         self.calls += 1
         loop = asyncio.get_running_loop()
         ops = [Op(entity_id, message, loop.create_future()) for entity_id, message in batch]
+        try:
+            await self.kind.admit(ops)
+        except Exception:
+            log.exception("admission failed")
+            return [(False, Unavailable("the host could not admit the batch; retry"))] * len(ops)
         self.queue.extend(ops)
         self.wake.set()
         outcomes: list[tuple[bool, Any]] = []

@@ -130,6 +130,9 @@ async def memory_and_activation(settings: RuntimeSettings, dsn: str, results: di
     finally:
         for h in router.handles:
             await h.passivate_all.remote()
+        # The wallets made for this measure have no journal: remove them so the
+        # ledger audit at the end judges only what went through the runtime.
+        await conn.execute("delete from wallets.wallets where user_id = any($1::uuid[])", ids)
         await conn.close()
 
 
