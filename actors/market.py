@@ -25,10 +25,9 @@ import json
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -64,8 +63,7 @@ TRANSITIONS = {
 # -- messages --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CreateMarket:
+class CreateMarket(NamedTuple):
     event_id: str
     name: str
     type: str
@@ -77,28 +75,23 @@ class CreateMarket:
     overround: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GetMarket:
+class GetMarket(NamedTuple):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
     action: str
 
 
-@dataclass(frozen=True, slots=True)
-class SetOdds:
+class SetOdds(NamedTuple):
     odds: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Settle:
+class Settle(NamedTuple):
     winner: str
 
 
-@dataclass(frozen=True, slots=True)
-class PlaceBet:
+class PlaceBet(NamedTuple):
     bet_id: str
     user_id: str
     selection: str
@@ -107,14 +100,12 @@ class PlaceBet:
     accept: str
 
 
-@dataclass(frozen=True, slots=True)
-class CancelBet:
+class CancelBet(NamedTuple):
     bet_id: str
     user_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class MoneyMoved:
+class MoneyMoved(NamedTuple):
     """Internal: record that `finish` (or recovery) moved these bets' money."""
 
     staked: tuple[str, ...] = ()
@@ -698,14 +689,17 @@ class MarketKind(EntityKind[Market]):
             )
         for _, market_id, winner, _accepted, pool, winning in settles:
             m = markets[market_id]
+            # One pass over the market's bets: the same arithmetic as `_settle`.
             await conn.execute(
-                "update bets.bets set "
-                "status = case when selection = $2 then 'won' else 'lost' end, "
-                "payout = case when selection <> $2 then 0 "
+                "update bets.bets b set status = case when s.won then 'won' else 'lost' end, "
+                "payout = s.payout, payout_state = case when s.payout > 0 then 'owed' "
+                "else 'none' end, settled_at = $8 "
+                "from (select id, selection = $2 as won, case when selection <> $2 then 0 "
                 "  when $3::text = 'pool' then div("
                 "    amount::numeric * $4::bigint * ($5::int - $6::int), $7::numeric * $5::int) "
-                "  else potential_payout end, "
-                "settled_at = $8 where market_id = $1 and status = 'accepted'",
+                "  else potential_payout end as payout "
+                "  from bets.bets where market_id = $1 and status = 'accepted') s "
+                "where b.id = s.id",
                 market_id,
                 winner,
                 m.type,
@@ -714,11 +708,6 @@ class MarketKind(EntityKind[Market]):
                 m.takeout_bp,
                 winning,
                 _dt(m.settled_at),
-            )
-            await conn.execute(
-                "update bets.bets set payout_state = 'owed' "
-                "where market_id = $1 and status = 'won' and payout > 0 and payout_state = 'none'",
-                market_id,
             )
         if updated:
             bets = list(updated.values())
@@ -789,14 +778,18 @@ class MarketKind(EntityKind[Market]):
                 {"market_id": m.id, "odds": m.odds_view(), "version": m.version},
                 coalesce=True,
             )
+        wants = self.host.publisher.wants
         for bet in new_bets:
-            publish(f"user:{bet.user_id}", "bet_placed", bet.view(bet_market[bet.id]))
+            topic = f"user:{bet.user_id}"
+            if wants(topic):
+                publish(topic, "bet_placed", bet.view(bet_market[bet.id]))
         seen = set()
         for bet in settled:
-            if bet.id not in seen:
+            topic = f"user:{bet.user_id}"
+            if bet.id not in seen and wants(topic):
                 seen.add(bet.id)
                 market_id = next(mid for mid, m in markets.items() if bet.id in m.bets)
-                publish(f"user:{bet.user_id}", "bet_settled", bet.view(market_id))
+                publish(topic, "bet_settled", bet.view(market_id))
 
     # -- the saga's last step ----------------------------------------------------
 
@@ -911,8 +904,7 @@ class MarketKind(EntityKind[Market]):
             return await handler(conn, **args)
 
 
-@dataclass(frozen=True, slots=True)
-class Recover:
+class Recover(NamedTuple):
     """Internal: resend the money moves of this market's unfinished bets."""
 
 

@@ -270,6 +270,11 @@ class Publisher:
     def _wanted(self, topic: str) -> bool:
         return topic in self._topics or _pattern_of(topic) in self._topics
 
+    def wants(self, topic: str) -> bool:
+        """False only when `topic` is known to have no subscriber, so a publisher can
+        skip building a payload nobody will read."""
+        return not self._fresh() or self._wanted(topic)
+
     def publish(self, topic: str, event: str, payload: dict, coalesce: bool = False) -> None:
         if self._fresh() and not self._wanted(topic):
             self.dropped += 1

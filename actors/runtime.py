@@ -23,6 +23,7 @@ hosts through `Router` (see `actors.client`), which batches messages per host.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -205,6 +206,9 @@ class EntityHost:
     """
 
     def __init__(self, kind: str, index: int, dsn: str, settings: RuntimeSettings) -> None:
+        # A host keeps millions of small long-lived objects; with the default thresholds
+        # the cyclic collector rescans them every few thousand allocations.
+        gc.set_threshold(100_000, 50, 1000)
         self.kind_name = kind
         self.index = index
         self.dsn = dsn

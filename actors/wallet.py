@@ -23,7 +23,6 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -66,25 +65,21 @@ class Balance(NamedTuple):
 # -- messages --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GetBalance:
+class GetBalance(NamedTuple):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Deposit:
+class Deposit(NamedTuple):
     amount: int
     reference_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Withdraw:
+class Withdraw(NamedTuple):
     amount: int
     reference_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reserve:
+class Reserve(NamedTuple):
     amount: int
     reference_id: str
     timeout_s: float | None = None
@@ -94,28 +89,24 @@ class Reserve:
     confirm_held: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     reference_id: str
     amount: int | None = None  # None commits the whole reservation
     target: str = "house"
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(NamedTuple):
     reference_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Credit:
+class Credit(NamedTuple):
     amount: int
     reference_id: str
     source: str = "house"
     kind: str = "payout"  # or "bet_refund"
 
 
-@dataclass(frozen=True, slots=True)
-class Expire:
+class Expire(NamedTuple):
     reference_id: str
 
 
@@ -523,12 +514,14 @@ class WalletKind(EntityKind[Wallet]):
             if int(status.split()[-1]) != len(old):
                 raise StaleActivation("a wallet changed under this activation")
 
-        publish = self.host.publisher.publish
+        publisher = self.host.publisher
 
         def remember() -> None:
             for w in touched.values():
                 w.stored_seq = w.seq
-                publish(f"user:{w.id}", "balance", w.balance()._asdict(), coalesce=True)
+                topic = f"user:{w.id}"
+                if publisher.wants(topic):
+                    publisher.publish(topic, "balance", w.balance()._asdict(), coalesce=True)
             for x in writes:
                 self.recent[(x.wallet.id, x.op_key)] = Prior(
                     x.args, x.kind, x.available, x.reserved
