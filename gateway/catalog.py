@@ -23,7 +23,8 @@ from actors.errors import LootifyError, NotFound
 
 from . import views
 
-log = logging.getLogger(__name__)
+# Under "ray.serve", so Serve writes it to the replica's log file.
+log = logging.getLogger("ray.serve").getChild(__name__)
 
 RELOAD_S = float(os.environ.get("LOOTIFY_CATALOG_RELOAD_S", 30.0))
 CHANGED = "_changed"  # internal event: "fetch this event again"

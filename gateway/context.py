@@ -25,7 +25,8 @@ from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .ws import Hub
 
-log = logging.getLogger(__name__)
+# Under "ray.serve", so Serve writes it to the replica's log file.
+log = logging.getLogger("ray.serve").getChild(__name__)
 
 
 class Context:

@@ -25,7 +25,8 @@ from .schemas import HealthOut
 if TYPE_CHECKING:
     from .context import Context
 
-log = logging.getLogger(__name__)
+# Under "ray.serve", so Serve writes it to the replica's log file.
+log = logging.getLogger("ray.serve").getChild(__name__)
 
 MAX_BODY = int(os.environ.get("LOOTIFY_MAX_BODY_BYTES", 64 * 1024))
 _STATUS_CODES = {

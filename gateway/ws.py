@@ -34,7 +34,8 @@ from .schemas import BetIn, CancelIn
 if TYPE_CHECKING:
     from .context import Context
 
-log = logging.getLogger(__name__)
+# Under "ray.serve", so Serve writes it to the replica's log file.
+log = logging.getLogger("ray.serve").getChild(__name__)
 
 IDLE_S = float(os.environ.get("LOOTIFY_WS_IDLE_S", 60.0))  # Phoenix's default socket timeout
 QUEUE_MAX = int(os.environ.get("LOOTIFY_WS_QUEUE_MAX", 1000))
