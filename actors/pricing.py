@@ -31,8 +31,11 @@ def odds_to_x100(odds: Decimal) -> int:
     return int(odds * 100)
 
 
+_CENT = Decimal("0.01")
+
+
 def x100_to_odds(x100: int | None) -> Decimal | None:
-    return None if x100 is None else Decimal(x100) / 100
+    return None if x100 is None else (Decimal(x100) / 100).quantize(_CENT)
 
 
 def _snap_down(odds: float) -> int:

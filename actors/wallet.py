@@ -35,7 +35,7 @@ from .errors import (
     NotFound,
     ReservationResolved,
 )
-from .money import check_amount
+from .money import check_amount, format_amount
 from .runtime import EntityKind, Op, RetryRound, Round, shard_of
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -342,7 +342,8 @@ class WalletKind(EntityKind[Wallet]):
     def _need(self, w: Wallet, amount: int) -> None:
         if w.available < amount:
             raise InsufficientFunds(
-                f"available {w.available} is less than {amount}", available=w.available
+                f"available {format_amount(w.available)} is less than {format_amount(amount)}",
+                available=w.available,
             )
 
     def _write(
