@@ -1,0 +1,46 @@
+"""`lootify create-user`, run as operators run it: a separate process."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+
+
+def lootify(dsn: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOOTIFY_USERS_DSN": dsn}
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def role_of(dsn: str, email: str) -> str | None:
+    async def fetch() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval("select role from users.users where email = $1", email)
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def test_create_user_with_a_role(gateway_dsn):
+    email = f"op-{uuid.uuid4().hex[:8]}@example.com"
+    done = lootify(gateway_dsn, "create-user", "--email", email, "--password",
+                   "SecurePass123", "--role", "operator")
+    assert done.returncode == 0, done.stderr
+    assert role_of(gateway_dsn, email) == "operator"
+
+    again = lootify(gateway_dsn, "create-user", "--email", email, "--password",
+                    "SecurePass123", "--role", "admin")
+    assert again.returncode == 1 and "email_taken" in again.stderr
+    assert role_of(gateway_dsn, email) == "operator"
+
+
+def test_create_user_refuses_bad_input(gateway_dsn):
+    email = f"p-{uuid.uuid4().hex[:8]}@example.com"
+    done = lootify(gateway_dsn, "create-user", "--email", email, "--password", "short")
+    assert done.returncode == 1 and "invalid_input" in done.stderr
+    assert role_of(gateway_dsn, email) is None
