@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from . import book, pricing
 from . import market as m
-from . import pricing
 from . import wallet as w
 from .config import RuntimeSettings, service_dsn, use_ray_token_auth
 from .errors import InvalidInput, LootifyError, Unavailable
@@ -314,7 +314,7 @@ class AsyncLootify:
         """A new market on an event; it starts `open`. Stakes and payouts in minor units;
         `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds."""
         event = await self.get_event(event_id)
-        message = m.new_market_message(
+        message = book.new_market_message(
             event["id"],
             name,
             type,
@@ -340,7 +340,7 @@ class AsyncLootify:
         """Reserve, accept, commit: the bet's id (given, or new) makes it idempotent."""
         uid = canonical_id(user_id, field_name="user_id")
         accept = accept_odds or "exact"
-        if accept not in m.ACCEPT_POLICIES:
+        if accept not in book.ACCEPT_POLICIES:
             raise InvalidInput("accept_odds must be exact, higher or any", field="accept_odds")
         message = m.PlaceBet(
             canonical_id(bet_id, field_name="bet_id") if bet_id else str(uuid.uuid4()),

@@ -4,9 +4,9 @@ limits and bets.
 Placing a bet is a saga across the market and the user's wallet that never
 creates or loses money:
 
-1. `prepare` (before the round applies anything): refuse what is plainly refused
-   (market not open, limits, price) without touching money; reserve the stake of
-   the rest in the wallets, all at once (two-phase, with a time-out);
+1. `admit` (as a batch arrives, before the mailbox): refuse what is plainly
+   refused (market not open, limits, price) without touching money; reserve the
+   stake of the rest in the wallets, all at once (two-phase, with a time-out);
 2. `apply`: accept at the current price, or refuse (the reservation is released);
    the accepted bet is written with `stake = reserved` in the round's commit;
 3. `finish` (after the commit, before the answer): commit each reservation to the
@@ -22,17 +22,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 
 from . import pricing
 from . import wallet as w
+from .book import (
+    TRANSITIONS,
+    Bet,
+    CancelBet,
+    CreateMarket,
+    GetMarket,
+    Market,
+    MoneyMoved,
+    PlaceBet,
+    Recover,
+    SetOdds,
+    Settle,
+    Transition,
+    pricing_json,
+    to_datetime,
+    to_epoch,
+)
 from .errors import (
     AlreadySettled,
     Conflict,
@@ -48,210 +62,9 @@ from .errors import (
     StakeTooHigh,
     StakeTooLow,
 )
-from .money import check_amount, parse_odds
 from .runtime import EntityKind, Op, Round, shard_of
 
 RECOVERY_AGE_S = 3.0
-ACCEPT_POLICIES = ("exact", "higher", "any")
-TRANSITIONS = {
-    "suspend": ({"open"}, "suspended"),
-    "reopen": ({"suspended"}, "open"),
-    "close": ({"open"}, "closed"),
-    "void": ({"open", "suspended", "closed"}, "void"),
-}
-
-# -- messages --------------------------------------------------------------------
-
-
-class CreateMarket(NamedTuple):
-    event_id: str
-    name: str
-    type: str
-    selections: tuple[tuple[str, str, int | None], ...]  # (key, name, odds x100)
-    takeout_bp: int
-    min_stake: int
-    max_stake: int
-    max_payout: int | None
-    overround: float | None = None
-
-
-class GetMarket(NamedTuple):
-    pass
-
-
-class Transition(NamedTuple):
-    action: str
-
-
-class SetOdds(NamedTuple):
-    odds: tuple[tuple[str, int], ...]
-
-
-class Settle(NamedTuple):
-    winner: str
-
-
-class PlaceBet(NamedTuple):
-    bet_id: str
-    user_id: str
-    selection: str
-    amount: int
-    odds_x100: int | None
-    accept: str
-
-
-class CancelBet(NamedTuple):
-    bet_id: str
-    user_id: str
-
-
-class MoneyMoved(NamedTuple):
-    """Internal: record that `finish` (or recovery) moved these bets' money."""
-
-    staked: tuple[str, ...] = ()
-    returned: tuple[str, ...] = ()
-    paid: tuple[str, ...] = ()
-
-
-# -- state -----------------------------------------------------------------------
-
-
-class Bet:
-    __slots__ = (
-        "id",
-        "user_id",
-        "selection",
-        "amount",
-        "odds_x100",
-        "potential",
-        "status",
-        "payout",
-        "stake",
-        "payout_state",
-        "placed_at",
-        "settled_at",
-    )
-
-    def __init__(
-        self,
-        id: str,
-        user_id: str,
-        selection: str,
-        amount: int,
-        odds_x100: int | None,
-        potential: int | None,
-        status: str = "accepted",
-        payout: int = 0,
-        stake: str = "reserved",
-        payout_state: str = "none",
-        placed_at: float | None = None,
-        settled_at: float | None = None,
-    ) -> None:
-        self.id = id
-        self.user_id = user_id
-        self.selection = selection
-        self.amount = amount
-        self.odds_x100 = odds_x100
-        self.potential = potential
-        self.status = status
-        self.payout = payout
-        self.stake = stake
-        self.payout_state = payout_state
-        self.placed_at = placed_at if placed_at is not None else time.time()
-        self.settled_at = settled_at
-
-    def view(self, market_id: str) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "user_id": self.user_id,
-            "market_id": market_id,
-            "selection": self.selection,
-            "amount": self.amount,
-            "odds": pricing.x100_to_odds(self.odds_x100),
-            "potential_payout": self.potential,
-            "status": self.status,
-            "payout": self.payout,
-            "placed_at": _dt(self.placed_at),
-            "settled_at": _dt(self.settled_at),
-        }
-
-
-class Market:
-    __slots__ = (
-        "id",
-        "event_id",
-        "name",
-        "type",
-        "status",
-        "keys",
-        "names",
-        "model",
-        "takeout_bp",
-        "min_stake",
-        "max_stake",
-        "max_payout",
-        "winner",
-        "version",
-        "stored_version",
-        "exposure",
-        "odds",
-        "bets",
-        "settled_at",
-    )
-
-    def __init__(self, market_id: str) -> None:
-        self.id = market_id
-        self.event_id: str | None = None  # None: no such market yet
-        self.version = 0
-        self.stored_version = -1
-        self.bets: dict[str, Bet] = {}
-        self.exposure: dict[str, int] = {}  # fixed odds: liability; pool: stakes
-        self.odds: dict[str, int | None] = {}
-        self.model: pricing.FixedOddsModel | None = None
-        self.winner: str | None = None
-        self.settled_at: float | None = None
-
-    def reprice(self) -> None:
-        if self.type == "pool":
-            self.odds = pricing.pool_odds(self.exposure, self.takeout_bp)
-        else:
-            assert self.model is not None
-            self.odds = self.model.price(self.exposure)
-
-    def add_exposure(self, bet: Bet, sign: int) -> None:
-        self.exposure[bet.selection] += sign * (
-            bet.amount if self.type == "pool" else (bet.potential or 0)
-        )
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "event_id": self.event_id,
-            "name": self.name,
-            "type": self.type,
-            "status": self.status,
-            "selections": [
-                {"key": k, "name": n, "odds": pricing.x100_to_odds(self.odds[k])}
-                for k, n in zip(self.keys, self.names, strict=True)
-            ],
-            "min_stake": self.min_stake,
-            "max_stake": self.max_stake,
-            "max_payout": self.max_payout,
-            "winner": self.winner,
-            "takeout_bp": self.takeout_bp if self.type == "pool" else None,
-            "version": self.version,
-        }
-
-    def odds_view(self) -> dict[str, Any]:
-        return {k: pricing.x100_to_odds(v) for k, v in self.odds.items()}
-
-
-def _dt(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
-
-
-def _epoch(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
 
 
 class MarketKind(EntityKind[Market]):
@@ -293,7 +106,7 @@ class MarketKind(EntityKind[Market]):
             m.min_stake, m.max_stake, m.max_payout = r["min_stake"], r["max_stake"], r["max_payout"]
             m.winner, m.version = r["winner"], r["version"]
             m.stored_version = m.version
-            m.settled_at = _epoch(r["settled_at"])
+            m.settled_at = to_epoch(r["settled_at"])
             m.exposure = dict.fromkeys(m.keys, 0)
         for r in await conn.fetch(
             "select id::text, market_id::text, user_id::text, selection, amount, odds_x100, "
@@ -313,8 +126,8 @@ class MarketKind(EntityKind[Market]):
                 r["payout"],
                 r["stake"],
                 r["payout_state"],
-                _epoch(r["placed_at"]),
-                _epoch(r["settled_at"]),
+                to_epoch(r["placed_at"]),
+                to_epoch(r["settled_at"]),
             )
             m.bets[bet.id] = bet
             if bet.status in ("accepted", "won", "lost"):  # bets that stood keep their exposure
@@ -644,7 +457,7 @@ class MarketKind(EntityKind[Market]):
                 m.type,
                 m.status,
                 json.dumps([{"key": k, "name": n} for k, n in zip(m.keys, m.names, strict=True)]),
-                json.dumps(_pricing_json(m)),
+                json.dumps(pricing_json(m)),
                 json.dumps(m.odds),
                 m.min_stake,
                 m.max_stake,
@@ -682,7 +495,7 @@ class MarketKind(EntityKind[Market]):
                         b.payout,
                         b.stake,
                         b.payout_state,
-                        _dt(b.placed_at),
+                        to_datetime(b.placed_at),
                     )
                     for b in new_bets
                 ],
@@ -707,7 +520,7 @@ class MarketKind(EntityKind[Market]):
                 pricing.BASIS,
                 m.takeout_bp,
                 winning,
-                _dt(m.settled_at),
+                to_datetime(m.settled_at),
             )
         if updated:
             bets = list(updated.values())
@@ -722,7 +535,7 @@ class MarketKind(EntityKind[Market]):
                 [b.payout for b in bets],
                 [b.stake for b in bets],
                 [b.payout_state for b in bets],
-                [_dt(b.settled_at) for b in bets],
+                [to_datetime(b.settled_at) for b in bets],
             )
         stored = [m for m in markets.values() if m.stored_version >= 0]
         if stored:
@@ -736,11 +549,11 @@ class MarketKind(EntityKind[Market]):
                 "where m.id = u.id and m.version = u.stored_version",
                 [m.id for m in stored],
                 [m.status for m in stored],
-                [json.dumps(_pricing_json(m)) for m in stored],
+                [json.dumps(pricing_json(m)) for m in stored],
                 [json.dumps(m.odds) for m in stored],
                 [m.winner for m in stored],
                 [m.version for m in stored],
-                [_dt(m.settled_at) for m in stored],
+                [to_datetime(m.settled_at) for m in stored],
                 [m.stored_version for m in stored],
             )
             if status != f"UPDATE {len(stored)}":
@@ -904,17 +717,6 @@ class MarketKind(EntityKind[Market]):
             return await handler(conn, **args)
 
 
-class Recover(NamedTuple):
-    """Internal: resend the money moves of this market's unfinished bets."""
-
-
-def _pricing_json(m: Market) -> dict:
-    if m.type == "pool":
-        return {"model": "pool", "takeout_bp": m.takeout_bp}
-    assert m.model is not None
-    return m.model.to_json()
-
-
 def _refused_before(bet_id: str) -> IdempotencyConflict:
     return IdempotencyConflict(
         f"bet {bet_id} was refused before and its stake returned; place it with a new id"
@@ -923,83 +725,3 @@ def _refused_before(bet_id: str) -> IdempotencyConflict:
 
 def _stake_ref(bet_id: str) -> str:
     return f"bet:{bet_id}"
-
-
-_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
-MARKET_TYPES = ("fixed_odds", "pool")
-DEFAULT_MIN_STAKE = 100
-DEFAULT_MAX_STAKE = 1_000_000
-
-
-def new_market_message(
-    event_id: str,
-    name: object,
-    type: object,
-    selections: object,
-    overround: object,
-    takeout: object,
-    min_stake: int | None,
-    max_stake: int | None,
-    max_payout: int | None,
-) -> CreateMarket:
-    """Validate an operator's market definition into the entity's create message."""
-    if not isinstance(name, str) or not 0 < len(name.strip()) <= 200:
-        raise InvalidInput("name must be 1-200 characters", field="name")
-    if type not in MARKET_TYPES:
-        raise InvalidInput("type must be fixed_odds or pool", field="type")
-    if not isinstance(selections, list) or not 2 <= len(selections) <= 50:
-        raise InvalidInput("a market needs 2 to 50 selections", field="selections")
-    parsed = []
-    for s in selections:
-        if not isinstance(s, dict) or not _KEY.match(str(s.get("key", ""))):
-            raise InvalidInput(
-                "each selection needs a key of letters, digits, - or _", field="selections"
-            )
-        label = s.get("name") or s["key"]
-        odds = s.get("odds")
-        if type == "fixed_odds" and odds is None:
-            raise InvalidInput(f"selection {s['key']} needs odds", field="selections")
-        parsed.append(
-            (
-                s["key"],
-                str(label)[:200],
-                pricing.odds_to_x100(parse_odds(odds)) if type == "fixed_odds" else None,
-            )
-        )
-    if len({k for k, _, _ in parsed}) != len(parsed):
-        raise InvalidInput("selection keys must be unique", field="selections")
-    takeout_bp = 0
-    if type == "pool":
-        fraction = _fraction(
-            takeout if takeout is not None else "0", "takeout", upper=Decimal("0.5")
-        )
-        takeout_bp = int(fraction * pricing.BASIS)
-    margin = None
-    if overround is not None:
-        margin = float(_fraction(overround, "overround", lower=Decimal("1"), upper=Decimal("2")))
-    low = DEFAULT_MIN_STAKE if min_stake is None else check_amount(min_stake, field="min_stake")
-    high = DEFAULT_MAX_STAKE if max_stake is None else check_amount(max_stake, field="max_stake")
-    if low > high:
-        raise InvalidInput("min_stake exceeds max_stake", field="min_stake")
-    cap = None if max_payout is None else check_amount(max_payout, field="max_payout")
-    return CreateMarket(
-        event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high, cap, margin
-    )
-
-
-def _fraction(
-    value: object, field: str, lower: Decimal = Decimal(0), upper: Decimal = Decimal(1)
-) -> Decimal:
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise InvalidInput(f"{field} must be a decimal", field=field) from exc
-    if (
-        not number.is_finite()
-        or not lower <= number <= upper
-        or number != number.quantize(Decimal("0.0001"))
-    ):
-        raise InvalidInput(
-            f"{field} must lie in [{lower}, {upper}] with at most 4 places", field=field
-        )
-    return number

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import asyncpg
 import ray
 
+from .book import new_market_message
 from .config import RuntimeSettings, service_dsn
 from .errors import AlreadySettled, Conflict, InvalidInput, InvalidTransition
-from .market import new_market_message
 
 log = logging.getLogger(__name__)
 SCHEDULER_NAME = "rounds-scheduler"
