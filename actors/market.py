@@ -577,8 +577,11 @@ class MarketKind(EntityKind[Market]):
         """Tell subscribers (via PubSub) what the round changed; odds are coalesced, so a
         burst of bets gives at most one update per market per flush."""
         publish = self.host.publisher.publish
+        wants = self.host.publisher.wants
         for market_id, m in markets.items():
             topic = f"event:{m.event_id}"
+            if not wants(topic):
+                continue
             if changes.get(market_id) == "status_changed":
                 publish(
                     topic,
@@ -591,7 +594,6 @@ class MarketKind(EntityKind[Market]):
                 {"market_id": m.id, "odds": m.odds_view(), "version": m.version},
                 coalesce=True,
             )
-        wants = self.host.publisher.wants
         for bet in new_bets:
             topic = f"user:{bet.user_id}"
             if wants(topic):
