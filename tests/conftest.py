@@ -79,6 +79,23 @@ def lootify(aio: AsyncLootify, loop_thread: _LoopThread) -> _Sync:
 
 
 @pytest.fixture
+def sql(run, database_url: str):
+    """`sql(query, *args)`: the rows of one statement against the test database."""
+
+    def fetch(query: str, *args: object) -> list[asyncpg.Record]:
+        async def go() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(database_url)
+            try:
+                return await conn.fetch(query, *args)
+            finally:
+                await conn.close()
+
+        return run(go())
+
+    return fetch
+
+
+@pytest.fixture
 def run(loop_thread: _LoopThread):
     """Run a coroutine on the client's loop and wait for it."""
     return loop_thread.run

@@ -13,10 +13,8 @@ import signal
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import pytest
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -24,6 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from actors.errors import LootifyError, Unavailable
 from actors.runtime import host_name
 from actors.wallet import Balance, GetBalance
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -33,31 +32,8 @@ CHUNK = 50  # deposits issued together, then a short pause: the load lasts ~0.5 
 RECOVERY_LIMIT_S = 5.0
 
 
-@pytest.fixture
-def sql(run, database_url: str) -> Callable[..., list[asyncpg.Record]]:
-    def fetch(query: str, *args: Any) -> list[asyncpg.Record]:
-        async def go() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(database_url)
-            try:
-                return await conn.fetch(query, *args)
-            finally:
-                await conn.close()
-
-        return run(go())
-
-    return fetch
 
 
-def wait_until(check: Callable[[], Any], *, timeout: float, interval: float = 0.05,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 async def bounded(awaitable: Any, timeout: float, what: str) -> Any:

@@ -35,38 +35,13 @@ from actors.errors import (
 )
 from actors.money import MAX_AMOUNT
 from actors.wallet import MAX_TIMEOUT_S, Balance, Deposit
+from tests.polling import wait_until
 
 # -- helpers -----------------------------------------------------------------------
 
 
-def wait_until(check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
-@pytest.fixture
-def sql(run, database_url: str) -> Callable[..., list[asyncpg.Record]]:
-    """Run one statement against the test database (on the client's loop)."""
-
-    def fetch(query: str, *args: Any) -> list[asyncpg.Record]:
-        async def go() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(database_url)
-            try:
-                return await conn.fetch(query, *args)
-            finally:
-                await conn.close()
-
-        return run(go())
-
-    return fetch
 
 
 CALL_TIMEOUT_S = 20.0
