@@ -20,6 +20,7 @@ from actors.config import RuntimeSettings, service_dsn
 from actors.errors import Unavailable
 from actors.pubsub import Subscriber, get_publisher
 
+from . import idempotency, ratelimit, tokens
 from .catalog import Catalog
 from .metrics import Metrics
 from .ratelimit import RateLimiter
@@ -41,6 +42,7 @@ class Context:
         self.hub = Hub(self.subscriber, self.metrics)
         self._aio: AsyncLootify | None = None
         self._aio_lock = asyncio.Lock()
+        self._purging: asyncio.Task | None = None
 
     async def start(self) -> None:
         size = int(os.environ.get("LOOTIFY_GATEWAY_POOL_SIZE", 10))
@@ -53,12 +55,29 @@ class Context:
         self.subscriber.on_resync.append(self.catalog.schedule_reload)
         self.subscriber.start()
         self.catalog.start()
+        self._purging = asyncio.ensure_future(self._purge_expired())
         self.metrics.gauge_callback(
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
             lambda: 1.0 if self.subscriber.healthy else 0.0,
         )
 
+    async def _purge_expired(self) -> None:
+        """Drop idempotency keys past their 24 hours, revocations of expired tokens and
+        old rate-limit windows. Every replica does it; the deletes are harmless twice."""
+        interval = float(os.environ.get("LOOTIFY_PURGE_INTERVAL_S", 600))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                pool = self.db()
+                await idempotency.purge_expired(pool)
+                await tokens.purge_revoked(pool)
+                await ratelimit.purge_expired(pool)
+            except Exception as exc:  # the database may be down: try again next time
+                log.warning("purging expired rows failed: %r", exc)
+
     async def close(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
         self.catalog.stop()
         await self.subscriber.close()
         if self.pool is not None:
