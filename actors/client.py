@@ -26,7 +26,14 @@ from . import wallet as w
 from .config import RuntimeSettings, service_dsn, use_ray_token_auth
 from .errors import InvalidInput, LootifyError, Unavailable
 from .money import check_amount, parse_odds
-from .runtime import WrongHost, canonical_id, host_handles, shard_of
+from .runtime import (
+    WrongHost,
+    canonical_id,
+    decode_outcomes,
+    encode_batch,
+    host_handles,
+    shard_of,
+)
 
 T = TypeVar("T")
 _HOST_DOWN = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -90,24 +97,24 @@ class Router:
         self.messages_sent += len(batch)
         deadline = time.monotonic() + self.settings.call_deadline_s
         delay = 0.02
+        try:
+            payload = encode_batch([(i, m) for i, m, _ in batch])
+        except Exception as exc:  # a message that is not a plain value: nothing was sent
+            _fail(batch, InvalidInput(f"a message could not be encoded: {exc!r:.200}"))
+            return
         while True:
             try:
-                outcomes = await self.handles[host].call.remote([(i, m) for i, m, _ in batch])
+                outcomes = decode_outcomes(await self.handles[host].call.remote(payload))
                 break
             except _HOST_DOWN:
                 if time.monotonic() >= deadline:
-                    error = Unavailable(f"{self.kind} host {host} is down: retry later")
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
+                    _fail(batch, Unavailable(f"{self.kind} host {host} is down: retry later"))
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
             except Exception as exc:  # e.g. a message the host could not unpickle
-                error = Unavailable(f"{self.kind} host {host} refused the batch: {exc!r:.200}")
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                refused = f"{self.kind} host {host} refused the batch: {exc!r:.200}"
+                _fail(batch, Unavailable(refused))
                 return
         moved = []
         for (entity_id, message, future), (ok, value) in zip(batch, outcomes, strict=True):
@@ -126,6 +133,12 @@ class Router:
 
     async def _refresh_directory(self) -> None:
         self.directory = await self.handles[0].directory_view.remote()
+
+
+def _fail(batch: list[tuple[str, Any, asyncio.Future]], error: LootifyError) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _unwrap(outcome: tuple[bool, Any]) -> Any:

@@ -73,6 +73,9 @@ class MarketKind(EntityKind[Market]):
     def __init__(self, host: Any) -> None:
         super().__init__(host)
         self._wallets: Any = None
+        # Bets whose money this process is moving now: recovery leaves them alone, or
+        # a slow settlement would be sent again every tick while its first run goes on.
+        self.moving: set[str] = set()
 
     async def wallets(self) -> Any:
         """The wallet router of this host process (created on first use)."""
@@ -249,7 +252,9 @@ class MarketKind(EntityKind[Market]):
             return self._money_moved(m, msg, round_)
         if isinstance(msg, Recover):
             unfinished = [
-                b for b in m.bets.values() if b.stake == "reserved" or b.payout_state == "owed"
+                b
+                for b in m.bets.values()
+                if (b.stake == "reserved" or b.payout_state == "owed") and b.id not in self.moving
             ]
             round_.writes.append(("recover", m.id, unfinished))
             return len(unfinished)
@@ -628,7 +633,24 @@ class MarketKind(EntityKind[Market]):
                     self._collect(write[1], bet, stakes, pays)
         if not (stakes or pays or releases):
             return None
-        return self._move_money(stakes, pays, releases, placing)
+        return self._moving(stakes, pays, releases, placing)
+
+    async def _moving(
+        self, stakes: dict, pays: dict, releases: list, placing: dict[str, Op]
+    ) -> None:
+        ids = (stakes.keys() | pays.keys()) - self.moving
+        self.moving |= ids
+        recorded: list[asyncio.Future] = []
+        try:
+            recorded = await self._move_money(stakes, pays, releases, placing)
+        finally:
+            # Moving ends when the markets have recorded what moved (or failed to).
+            if recorded:
+                asyncio.gather(*recorded, return_exceptions=True).add_done_callback(
+                    lambda _: self.moving.difference_update(ids)
+                )
+            else:
+                self.moving -= ids
 
     @staticmethod
     def _collect(market_id: str, bet: Bet, stakes: dict, pays: dict) -> None:
@@ -639,8 +661,9 @@ class MarketKind(EntityKind[Market]):
 
     async def _move_money(
         self, stakes: dict, pays: dict, releases: list, placing: dict[str, Op] | None = None
-    ) -> None:
-        """Commit stakes, then credit what is owed, then record it in the markets."""
+    ) -> list[asyncio.Future]:
+        """Commit stakes, then credit what is owed, then record it in the markets (the
+        futures of those records)."""
         router = await self.wallets()
         moved: dict[str, dict[str, list[str]]] = defaultdict(
             lambda: {"staked": [], "returned": [], "paid": []}
@@ -686,10 +709,14 @@ class MarketKind(EntityKind[Market]):
         for (mid, bet), outcome in zip(owed, credits, strict=True):
             if not isinstance(outcome, BaseException):
                 moved[mid]["paid"].append(bet.id)
+        recorded = []
         for mid, ids in moved.items():
-            self.host.submit(
+            future = self.host.submit(
                 mid, MoneyMoved(tuple(ids["staked"]), tuple(ids["returned"]), tuple(ids["paid"]))
-            ).add_done_callback(w._ignore_outcome)
+            )
+            future.add_done_callback(w._ignore_outcome)
+            recorded.append(future)
+        return recorded
 
     async def tick(self) -> None:
         """Recovery: finish the money of bets a crash left half-way."""

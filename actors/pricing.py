@@ -39,7 +39,9 @@ def x100_to_odds(x100: int | None) -> Decimal | None:
 
 
 def _snap_down(odds: float) -> int:
-    return max(MIN_ODDS, min(MAX_ODDS, int(odds * 100 + 1e-9)))
+    # The tolerance is relative: long odds come from small differences of
+    # probabilities, whose float error grows with the odds.
+    return max(MIN_ODDS, min(MAX_ODDS, int(odds * 100 * (1 + 1e-9))))
 
 
 @dataclass

@@ -10,6 +10,8 @@
   trusted only while it is fresh (`STALE_S` since the request that brought it), so
   an event published `STALE_S` after a subscription completed is never dropped:
   `Subscriber.subscribe` waits that long before a new topic counts as joined.
+  A publisher in use asks for the changes every `STALE_S / 2`, so under steady
+  traffic its copy stays fresh and unwanted events are never sent.
 * `Subscriber` (one per replica) keeps the local callbacks per topic, registers its
   topics with PubSub, and re-registers them after PubSub restarts (PubSub then no
   longer knows it). Events are ephemeral: whatever was lost meanwhile, clients
@@ -36,6 +38,7 @@ NAME = "pubsub"
 STALE_S = 0.1  # how long a publisher trusts its copy of the subscribed topics
 JOIN_WAIT_S = STALE_S + 0.02  # a new subscription is safe to report after this
 FLUSH_S = 0.015
+KEEP_FRESH_S = 2.0  # a publisher unused this long stops refreshing its topics
 POLL_WAIT_S = 1.0
 QUEUE_MAX = 100_000  # events per subscriber waiting for its next poll
 BUFFER_MAX = 100_000  # events per publisher waiting for a flush
@@ -260,12 +263,35 @@ class Publisher:
         self._version = 0
         self._topics: set[str] = set()
         self._asked_at = float("-inf")  # when the request that brought _topics was sent
+        self._used_at = float("-inf")
+        self._keeper: asyncio.Task | None = None
         self.sent = 0
         self.dropped = 0  # events nobody subscribed to
         self.lost = 0  # events that could not be delivered (PubSub down, overflow)
 
     def _fresh(self) -> bool:
-        return self._epoch is not None and time.monotonic() - self._asked_at <= self.stale_s
+        self._used_at = now = time.monotonic()
+        if self._keeper is None or self._keeper.done():
+            try:
+                self._keeper = asyncio.get_running_loop().create_task(self._keep_fresh())
+            except RuntimeError:  # no loop here: flushes still bring the topics
+                pass
+        return self._epoch is not None and now - self._asked_at <= self.stale_s
+
+    async def _keep_fresh(self) -> None:
+        """While the publisher is in use, ask for topic changes every `stale_s / 2`, so
+        its copy never goes stale between rounds and no unwanted event is sent."""
+        while time.monotonic() - self._used_at < KEEP_FRESH_S:
+            if self._epoch is not None and time.monotonic() - self._asked_at > self.stale_s / 2:
+                asked = time.monotonic()
+                try:
+                    if self._handle is None:
+                        self._handle = pubsub_handle(self.namespace)
+                    answer = await self._handle.topics.remote(self._epoch, self._version)
+                    self._learn(answer, asked)
+                except Exception as exc:  # the next flush asks again
+                    log.debug("topic refresh failed: %r", exc)
+            await asyncio.sleep(self.stale_s / 2)
 
     def _wanted(self, topic: str) -> bool:
         return topic in self._topics or _pattern_of(topic) in self._topics
@@ -346,6 +372,8 @@ class Publisher:
 
     def _learn(self, answer: tuple, asked: float) -> None:
         epoch, version, full, delta = answer
+        if epoch == self._epoch and version < self._version:
+            return  # overtaken by a newer answer (a flush and a refresh crossed)
         if full is not None:
             self._topics = set(full)
         else:
@@ -355,7 +383,7 @@ class Publisher:
                 else:
                     self._topics.discard(topic)
         self._epoch, self._version = epoch, version
-        self._asked_at = asked
+        self._asked_at = max(self._asked_at, asked)
 
     async def drain(self) -> None:
         """Send what is buffered now (tests, shutdown)."""

@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.errors import LootifyError, Unavailable
-from actors.runtime import host_name
+from actors.runtime import decode_outcomes, encode_batch, host_name
 from actors.wallet import Balance, GetBalance
 from tests.polling import wait_until
 
@@ -60,8 +60,8 @@ def test_sigkill_wallet_host_under_load(aio, run, sql, settings):
         while True:
             try:
                 outcome = await asyncio.wait_for(
-                    handle.call.remote([(probe, GetBalance())]), timeout=1.0)
-                if outcome[0][0]:
+                    handle.call.remote(encode_batch([(probe, GetBalance())])), timeout=1.0)
+                if decode_outcomes(outcome)[0][0]:
                     return time.monotonic() - killed_at
             except (RayActorError, TimeoutError):
                 pass
