@@ -17,8 +17,10 @@ conventional row-lock service as the comparison, in one run on this machine.
    Users are written to `users.users` directly with tokens signed here (scrypt for
    2,000 registrations would be the benchmark); the operator creates the event and
    the markets over HTTP; every user deposits over HTTP. Then, each from a loadgen
-   process: HTTP hot and spread, WebSocket `place_bet` hot and spread, and the odds
-   fan-out to 1,000 sockets joined to `event:{id}`.
+   process: the same HTTP bets against an empty endpoint deployed beside Lootify
+   (the ingress's own ceiling on this machine), HTTP hot and spread, WebSocket
+   `place_bet` hot and spread, and the odds fan-out to 1,000 sockets joined to
+   `event:{id}`.
 4. A table, the ratios Lootify / row-lock, the acceptance checks, and
    `bench-results/http-<time>.json`.
 
@@ -77,7 +79,26 @@ TARGET_P99_MS = 100
 TARGET_HOT_RATIO = 3.0
 TARGET_SPREAD_RATIO = 2.0
 TARGET_FANOUT_P99_MS = 250
-RUNS = ("http_hot", "http_spread", "ws_hot", "ws_spread", "fanout")
+RUNS = ("ingress", "http_hot", "http_spread", "ws_hot", "ws_spread", "fanout")
+CEILING_PREFIX = "/ingress-ceiling"
+
+
+async def empty_bet_endpoint(scope: dict, receive, send) -> None:
+    """The cheapest bet endpoint the ingress can serve: reads and parses the body,
+    answers 201 with a fixed bet. Measures HAProxy + Serve alone on this machine."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    answer = json.dumps({"bet": {"id": str(uuid.uuid4()), **json.loads(body or b"{}")}}).encode()
+    await send({"type": "http.response.start", "status": 201,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
 
 
 def log(msg: str) -> None:
@@ -416,6 +437,8 @@ def bench_lootify(dsn: str, args: argparse.Namespace, work: Path) -> dict:
         log(f"Lootify healthy on {url} after {out['startup_s']} s")
         config = asyncio.run(setup_lootify(dsn, url, args, work))
         limit = args.warmup + args.duration + 180
+        if "ingress" in args.runs:
+            out["ingress"] = measure_ingress_ceiling(config, args, limit)
         for mode in ("http", "ws"):
             for dist in ("hot", "spread"):
                 if f"{mode}_{dist}" in args.runs:
@@ -432,6 +455,27 @@ def bench_lootify(dsn: str, args: argparse.Namespace, work: Path) -> dict:
             log(f"serve.shutdown: {exc!r}")
         ray.shutdown()
     return out
+
+
+def measure_ingress_ceiling(config: Path, args: argparse.Namespace, limit: float) -> dict:
+    """The same HTTP workload against `empty_bet_endpoint`, deployed beside Lootify
+    behind the same HAProxy and Serve settings: what any Serve app can do here."""
+    from ray import serve
+
+    @serve.deployment(name="ingress_ceiling", ray_actor_options={"num_cpus": 0},
+                      max_ongoing_requests=10_000)
+    @serve.ingress()
+    class IngressCeiling:
+        def __serve_build_asgi_app__(self):  # noqa: ANN204
+            return empty_bet_endpoint
+
+    serve.run(IngressCeiling.bind(), name="ingress_ceiling", route_prefix=CEILING_PREFIX)
+    try:
+        return run_loadgen("http", config,
+                           [*http_args(args, "hot"), "--path", CEILING_PREFIX + "/api/bets"],
+                           limit)
+    finally:
+        serve.delete("ingress_ceiling")
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -456,6 +500,8 @@ def report(results: dict) -> list[str]:
                     lines.append(f"{system + ' ' + key:<28}{run['failed']}")
                 continue
             others = run.get("cpu_cores", {}).get("others_on_machine", "")
+            if key == "ingress":
+                key = "empty endpoint"  # the ingress alone: no auth, no actors, no database
             lines.append(f"{system + ' ' + key:<28}{run['bets_per_s']:>10}{run['p50']:>9}"
                          f"{run['p95']:>9}{run['p99']:>9}{others:>8}  {run.get('errors') or ''}")
     fan = results.get("lootify", {}).get("fanout")
@@ -467,7 +513,9 @@ def report(results: dict) -> list[str]:
                      f"first socket p50 {fan.get('first_socket_p50')} ms; "
                      f"every delivery p50 {fan['delivery_p50']} / p99 {fan['delivery_p99']} "
                      f"ms; missing {fan['missing']}")
-    lines.append("(others: cores busy with processes outside this benchmark during the run)")
+    lines.append("(others: cores busy with processes outside this benchmark during the run;")
+    lines.append(" lootify empty endpoint: an ASGI app that parses the bet and answers 201,")
+    lines.append(" behind the same HAProxy and Serve: the ceiling of any Serve app here)")
     busiest = max((run.get("cpu_cores", {}).get("others_on_machine", 0.0)
                    for system in ("rowlock", "lootify")
                    for run in results.get(system, {}).values() if isinstance(run, dict)),

@@ -282,7 +282,7 @@ async def run_http(cfg: dict, args: argparse.Namespace) -> dict[str, Any]:
         rng = random.Random(args.seed * 7919 + w)
         picker = Picker(cfg["markets"], args.distribution, args.hot_share, rng)
         mine = users[w::conc] or users
-        heads = [request_bytes("POST", "/api/bets", hostport, auth_headers(cfg, u))
+        heads = [request_bytes("POST", args.path, hostport, auth_headers(cfg, u))
                  for u in mine]
         # request_bytes put the empty body's headers last: rebuild them per bet
         heads = [h[: h.rfind(b"Content-Length:")] for h in heads]
@@ -789,6 +789,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds not measured")
     p.add_argument("--amount", default="1.00")
+    p.add_argument("--path", default="/api/bets",
+                   help="http: where the bets go (bench_http.py points it at an empty "
+                        "endpoint to measure the ingress alone)")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw")
     p.add_argument("--sockets", type=int, default=1000, help="fanout: subscribers")
     p.add_argument("--changes", type=int, default=50, help="fanout: odds changes")
