@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from actors import market as mk
+from actors.book import Bet, Market, Recover
 from actors.client import Router
 from actors.errors import (
     AlreadySettled,
@@ -38,6 +39,7 @@ from actors.errors import (
     StakeTooHigh,
     StakeTooLow,
 )
+from actors.runtime import Round
 
 EVEN = {"home": "2.00", "away": "2.00"}
 
@@ -963,6 +965,26 @@ def wait_stake(run, dsn: str, bet_id: str, timeout: float) -> str:
         if stake != "reserved" or time.monotonic() > deadline:
             return stake
         time.sleep(0.25)
+
+
+def test_recovery_leaves_alone_the_bets_whose_money_is_moving():
+    """A settlement crediting thousands of winners outlasts the recovery age: the
+    recovery tick must not send the credits still on their way a second time."""
+    market = Market(str(uuid.uuid4()))
+    market.event_id = str(uuid.uuid4())
+
+    def bet(stake: str, payout_state: str) -> Bet:
+        return Bet(str(uuid.uuid4()), str(uuid.uuid4()), "home", 100, 190, 190, "won", 190,
+                   stake, payout_state)
+
+    moving, owed, reserved, paid = (bet("committed", "owed"), bet("committed", "owed"),
+                                    bet("reserved", "none"), bet("committed", "paid"))
+    market.bets = {b.id: b for b in (moving, owed, reserved, paid)}
+    kind = mk.MarketKind(host=None)
+    kind.moving.add(moving.id)
+    round_ = Round()
+    assert kind.apply(market, Recover(), round_, op=None) == 2
+    assert round_.writes == [("recover", market.id, [owed, reserved])]
 
 
 def test_recovery_commits_an_interrupted_bet(lootify, aio, run, database_url):

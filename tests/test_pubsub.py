@@ -107,6 +107,26 @@ def test_publishers_drop_unsubscribed_topics_but_never_a_joined_one(
     run(main())
 
 
+def test_a_publisher_in_use_keeps_dropping_unwanted_events_between_sparse_rounds(
+    ray_cluster, run, settings
+) -> None:
+    """A market's rounds may come further apart than the topic copy stays fresh; a
+    publisher in use refreshes its copy, so it does not send what nobody wants."""
+
+    async def main() -> None:
+        pub = Publisher(settings.namespace)
+        pub.publish(f"user:{uuid.uuid4()}", "balance", {})  # learns the topic set
+        await pub.drain()
+        sent, dropped = pub.sent, pub.dropped
+        for _ in range(8):
+            await asyncio.sleep(pubsub.STALE_S * 1.5)
+            pub.publish(f"user:{uuid.uuid4()}", "balance", {})
+            await pub.drain()
+        assert (pub.sent - sent, pub.dropped - dropped) == (0, 8)
+
+    run(main())
+
+
 def test_subscribers_come_back_after_a_broker_restart(ray_cluster, run, settings) -> None:
     async def main() -> None:
         sub = Subscriber(settings.namespace, poll_wait_s=0.2)

@@ -769,6 +769,18 @@ def test_passivate_all_keeps_state(wallet, aio, run, sql):
 # -- crashes inside an entity ------------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)
+def test_a_message_that_cannot_be_encoded_is_refused_and_sends_nothing(aio, run, sql):
+    uid = new_id()
+
+    async def send() -> Any:
+        return await aio.routers["wallets"].call(uid, Deposit(lambda: 5, "dep-1"))  # no pickle
+
+    with pytest.raises(InvalidInput):
+        run(send())
+    assert op_count(sql, uid) == 0
+
+
 def test_entity_crash_fails_only_that_call_and_rebuilds_from_postgres(aio, run, sql):
     router = aio.routers["wallets"]
     uid = new_id()
