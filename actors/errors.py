@@ -128,3 +128,21 @@ class EmailTaken(Conflict):
     """Registration with an email that already has an account."""
 
     code = "email_taken"
+
+
+# The socket's own errors (Phoenix channel replies).
+
+
+class UnmatchedTopic(LootifyError):
+    status = 404
+    code = "unmatched_topic"
+
+
+class TooManyTopics(LootifyError):
+    status = 429
+    code = "too_many_topics"
+
+
+class InternalError(LootifyError):
+    status = 500
+    code = "internal_error"

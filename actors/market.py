@@ -62,7 +62,7 @@ from .errors import (
     StakeTooHigh,
     StakeTooLow,
 )
-from .runtime import EntityKind, Op, Round, shard_of
+from .runtime import EntityKind, Op, Round, check_versioned_update, shard_of
 
 RECOVERY_AGE_S = 3.0
 
@@ -561,8 +561,7 @@ class MarketKind(EntityKind[Market]):
                 [to_datetime(m.settled_at) for m in stored],
                 [m.stored_version for m in stored],
             )
-            if status != f"UPDATE {len(stored)}":
-                raise RuntimeError("a market changed under this activation")
+            check_versioned_update(status, len(stored), "market")
 
         changes = {write[1]: write[3] for write in round_.writes if write[0] == "market"}
         settled = [b for s in settles for b in s[3]] + [

@@ -72,6 +72,18 @@ def decode_outcomes(payload: bytes) -> list[tuple[bool, Any]]:
     return pickle.loads(payload)
 
 
+class StaleActivation(RuntimeError):
+    """A versioned write matched fewer rows than it wrote: another activation wrote
+    them since this one loaded them (the round fails and its entities are rebuilt)."""
+
+
+def check_versioned_update(status: str, expected: int, what: str) -> None:
+    """`status` is asyncpg's answer to an `update ... where version = stored` of
+    `expected` rows; anything less means a stale activation."""
+    if int(status.split()[-1]) != expected:
+        raise StaleActivation(f"a {what} changed under this activation")
+
+
 def host_name(kind: str, index: int) -> str:
     return f"{kind}-host-{index}"
 

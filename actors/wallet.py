@@ -36,7 +36,7 @@ from .errors import (
     ReservationResolved,
 )
 from .money import check_amount, format_amount
-from .runtime import EntityKind, Op, RetryRound, Round, shard_of
+from .runtime import EntityKind, Op, RetryRound, Round, check_versioned_update, shard_of
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 # Resolutions of a reservation share one key; "/" cannot occur in a reference id,
@@ -512,8 +512,7 @@ class WalletKind(EntityKind[Wallet]):
                 [w.seq for w in old],
                 [w.stored_seq for w in old],
             )
-            if int(status.split()[-1]) != len(old):
-                raise StaleActivation("a wallet changed under this activation")
+            check_versioned_update(status, len(old), "wallet")
 
         publisher = self.host.publisher
 
@@ -566,10 +565,6 @@ class WalletKind(EntityKind[Wallet]):
         return [
             {**dict(r), "kind": LISTED_KINDS[r["kind"]], "amount": abs(r["amount"])} for r in rows
         ]
-
-
-class StaleActivation(RuntimeError):
-    """The row's version moved under us: another activation wrote it."""
 
 
 def _timestamp(epoch: float | None) -> datetime | None:

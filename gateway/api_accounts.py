@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from actors.errors import Unauthenticated
 from actors.money import parse_amount
@@ -71,19 +72,24 @@ async def balance(request: Request, claims: tokens.Claims = Authenticated) -> di
     return views.balance(await aio.wallet(claims.user_id).balance())
 
 
+async def _move(request: Request, claims: tokens.Claims, kind: str, amount: str) -> JSONResponse:
+    """Deposit or withdraw `amount` for the caller, under its Idempotency-Key."""
+    minor = parse_amount(amount)
+
+    async def work(key: str | None) -> tuple[int, dict]:
+        wallet = (await ctx_of(request).aio()).wallet(claims.user_id)
+        b = await getattr(wallet, kind)(minor, reference_for(kind, key))
+        return 200, views.balance(b)
+
+    return await idempotent(request, claims, work)
+
+
 @router.post("/api/wallet/deposit", response_model=BalanceOut, tags=["wallet"])
 async def deposit(
     body: AmountIn, request: Request, claims: tokens.Claims = Authenticated,
     idempotency_key: str | None = IdempotencyKey,
 ):
-    amount = parse_amount(body.amount)
-
-    async def work(key: str | None) -> tuple[int, dict]:
-        aio = await ctx_of(request).aio()
-        b = await aio.wallet(claims.user_id).deposit(amount, reference_for("deposit", key))
-        return 200, views.balance(b)
-
-    return await idempotent(request, claims, work)
+    return await _move(request, claims, "deposit", body.amount)
 
 
 @router.post("/api/wallet/withdraw", response_model=BalanceOut, tags=["wallet"])
@@ -91,14 +97,7 @@ async def withdraw(
     body: AmountIn, request: Request, claims: tokens.Claims = Authenticated,
     idempotency_key: str | None = IdempotencyKey,
 ):
-    amount = parse_amount(body.amount)
-
-    async def work(key: str | None) -> tuple[int, dict]:
-        aio = await ctx_of(request).aio()
-        b = await aio.wallet(claims.user_id).withdraw(amount, reference_for("withdraw", key))
-        return 200, views.balance(b)
-
-    return await idempotent(request, claims, work)
+    return await _move(request, claims, "withdraw", body.amount)
 
 
 @router.get("/api/wallet/transactions", response_model=TransactionsOut, tags=["wallet"])

@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from actors.errors import InvalidInput, LootifyError
+from actors.errors import (
+    InternalError,
+    InvalidInput,
+    LootifyError,
+    TooManyTopics,
+    UnmatchedTopic,
+)
 
 log = logging.getLogger("lootify.gateway.phoenix")
 
@@ -162,21 +168,6 @@ def error_response(exc: LootifyError, reason: str | None = None) -> dict[str, An
 
 def error_reply(msg: Message, exc: LootifyError, reason: str | None = None) -> Message:
     return reply(msg, "error", error_response(exc, reason))
-
-
-class UnmatchedTopic(LootifyError):
-    status = 404
-    code = "unmatched_topic"
-
-
-class TooManyTopics(LootifyError):
-    status = 429
-    code = "too_many_topics"
-
-
-class InternalError(LootifyError):
-    status = 500
-    code = "internal_error"
 
 
 def unmatched_reply(msg: Message) -> Message:

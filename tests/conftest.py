@@ -7,6 +7,7 @@ whatever the test did.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ from actors.audit import ledger_violations
 from actors.client import AsyncLootify, _LoopThread, _Sync
 from actors.config import RuntimeSettings
 from actors.migrate import migrate
-from tests.pg_fixtures import create_database, pg_dsn  # noqa: F401
+from tests.pg_fixtures import create_database, fetch_rows, pg_dsn  # noqa: F401
 
 TABLES = (
     "bets.round_results, bets.rounds, bets.round_series, "
@@ -81,18 +82,7 @@ def lootify(aio: AsyncLootify, loop_thread: _LoopThread) -> _Sync:
 @pytest.fixture
 def sql(run, database_url: str):
     """`sql(query, *args)`: the rows of one statement against the test database."""
-
-    def fetch(query: str, *args: object) -> list[asyncpg.Record]:
-        async def go() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(database_url)
-            try:
-                return await conn.fetch(query, *args)
-            finally:
-                await conn.close()
-
-        return run(go())
-
-    return fetch
+    return functools.partial(fetch_rows, run, database_url)
 
 
 @pytest.fixture

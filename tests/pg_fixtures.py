@@ -3,6 +3,7 @@
 `pg_dsn` (session): `DATABASE_URL` if set, else an embedded server started in a
 temporary directory on a free port and stopped when the session ends.
 `create_database(dsn, name)`: a new empty database on the same server, as a DSN.
+`fetch_rows(run, dsn, query, *args)`: the rows of one statement (the `sql` fixture).
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ import pytest
 from actors import pgserver
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def fetch_rows(run, dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    """The rows of one statement, on a connection of its own (`run` drives the loop)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return run(go())
 
 
 def _free_port() -> int:

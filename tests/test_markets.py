@@ -40,6 +40,7 @@ from actors.errors import (
     StakeTooLow,
 )
 from actors.runtime import Round
+from tests.pg_fixtures import fetch_rows as sql
 
 EVEN = {"home": "2.00", "away": "2.00"}
 
@@ -69,17 +70,6 @@ def funded(lootify, amount: int) -> str:
 
 def balance(lootify, user: str) -> tuple[int, int, int]:
     return tuple(lootify.wallet(user).balance())
-
-
-def sql(run, dsn: str, query: str, *args) -> list[asyncpg.Record]:
-    async def go():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    return run(go())
 
 
 def bet_rows(run, dsn: str, market_id: str) -> dict[str, asyncpg.Record]:

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
-import asyncpg
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -95,7 +94,7 @@ def _as_x100(odds: Decimal | None) -> int | None:
     return None if odds is None else int(odds * 100)
 
 
-def test_markets_follow_the_model(lootify, aio, run, database_url):
+def test_markets_follow_the_model(lootify, aio, run, sql):
     seen: Counter[str] = Counter()  # what the examples exercised, printed at the end
 
     class Markets(RuleBasedStateMachine):
@@ -441,7 +440,7 @@ def test_markets_follow_the_model(lootify, aio, run, database_url):
         def _settled_rows(self, ids: list[str]) -> dict:
             deadline = time.monotonic() + 20
             while True:
-                rows = self._fetch(
+                rows = sql(
                     "select id::text, user_id::text, market_id::text, selection, amount, "
                     "odds_x100, potential_payout, status, payout, stake, payout_state "
                     "from bets.bets where market_id = any($1::uuid[])",
@@ -453,21 +452,11 @@ def test_markets_follow_the_model(lootify, aio, run, database_url):
                 time.sleep(0.05)
 
         def _account(self, market_id: str) -> int:
-            return self._fetch(
+            return sql(
                 "select coalesce(sum(amount), 0)::bigint as s "
                 "from wallets.entries where account = $1",
                 f"market:{market_id}",
             )[0]["s"]
-
-        def _fetch(self, query: str, *args):
-            async def go():
-                conn = await asyncpg.connect(database_url)
-                try:
-                    return await conn.fetch(query, *args)
-                finally:
-                    await conn.close()
-
-            return run(go())
 
     run_state_machine_as_test(
         Markets,
