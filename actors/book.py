@@ -122,15 +122,51 @@ class Bet:
         self.placed_at = placed_at if placed_at is not None else time.time()
         self.settled_at = settled_at
 
+    def record(self, market_id: str) -> BetRecord:
+        return BetRecord(
+            self.id,
+            self.user_id,
+            market_id,
+            self.selection,
+            self.amount,
+            self.odds_x100,
+            self.potential,
+            self.status,
+            self.payout,
+            self.placed_at,
+            self.settled_at,
+        )
+
     def view(self, market_id: str) -> dict[str, Any]:
+        return self.record(market_id).view()
+
+
+class BetRecord(NamedTuple):
+    """A bet as the market answers it: plain values, cheap to send between processes
+    (decimals and aware datetimes cost more to pickle than the rest of the answer).
+    `view()` is the bet as the client API returns it."""
+
+    id: str
+    user_id: str
+    market_id: str
+    selection: str
+    amount: int
+    odds_x100: int | None
+    potential_payout: int | None
+    status: str
+    payout: int
+    placed_at: float
+    settled_at: float | None
+
+    def view(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "user_id": self.user_id,
-            "market_id": market_id,
+            "market_id": self.market_id,
             "selection": self.selection,
             "amount": self.amount,
             "odds": pricing.x100_to_odds(self.odds_x100),
-            "potential_payout": self.potential,
+            "potential_payout": self.potential_payout,
             "status": self.status,
             "payout": self.payout,
             "placed_at": to_datetime(self.placed_at),

@@ -363,9 +363,10 @@ class AsyncLootify:
             None if odds is None else pricing.odds_to_x100(parse_odds(odds)),
             accept,
         )
-        return await self.routers["markets"].call(
+        record = await self.routers["markets"].call(
             canonical_id(market_id, field_name="market_id"), message
         )
+        return record.view()
 
     async def get_bet(self, user_id: object, bet_id: object) -> dict:
         return await self._catalog(
@@ -383,9 +384,10 @@ class AsyncLootify:
 
     async def cancel_bet(self, user_id: object, bet_id: object) -> dict:
         bet = await self.get_bet(user_id, bet_id)
-        return await self.routers["markets"].call(
+        record = await self.routers["markets"].call(
             bet["market_id"], m.CancelBet(bet["id"], bet["user_id"])
         )
+        return record.view()
 
     async def create_round_series(
         self,

@@ -107,8 +107,11 @@ def _capped(weights: dict[str, float], overround: float) -> dict[str, float]:
         if not over:
             return {**probs, **capped}
         if len(capped) + len(over) == len(weights):  # every price at the floor
-            return {**capped, **{k: cap for k in over}, **{
-                k: q for k, q in probs.items() if k not in over}}
+            return {
+                **capped,
+                **{k: cap for k in over},
+                **{k: q for k, q in probs.items() if k not in over},
+            }
         for k in over:
             capped[k] = cap
 

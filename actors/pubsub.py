@@ -5,13 +5,15 @@
   events for it; a subscriber long-polls that queue (`poll`, waiting up to ~1 s).
   Topics are exact (`user:<id>`) or prefix patterns ending in `*` (`event:*`).
 * `Publisher` (one per process, `get_publisher`) buffers `publish()` calls and sends
-  them every ~15 ms in one Ray call. Each answer also brings the changes to the set
-  of subscribed topics, so a publisher drops events nobody listens to. That set is
-  trusted only while it is fresh (`STALE_S` since the request that brought it), so
-  an event published `STALE_S` after a subscription completed is never dropped:
-  `Subscriber.subscribe` waits that long before a new topic counts as joined.
-  A publisher in use asks for the changes every `STALE_S / 2`, so under steady
-  traffic its copy stays fresh and unwanted events are never sent.
+  them every ~15 ms in one Ray call, dropping events nobody listens to. To know
+  who listens, a publisher in use *watches* the set of subscribed topics: a watch
+  call (a long poll) answers as soon as the set changes, and the next watch call
+  acknowledges the change. A subscription whose topic is new answers only once
+  every watching publisher has acknowledged it, so an event published after
+  `Subscriber.subscribe` returned is never dropped. A watcher that goes quiet for
+  `LEASE_S` is no longer waited for, and a publisher trusts its copy only until
+  `LEASE_S` after it sent its last watch call, so neither side outlives the other.
+  A publisher that does not trust its copy asks for the set before a flush.
 * `Subscriber` (one per replica) keeps the local callbacks per topic, registers its
   topics with PubSub, and re-registers them after PubSub restarts (PubSub then no
   longer knows it). Events are ephemeral: whatever was lost meanwhile, clients
@@ -35,10 +37,10 @@ from .config import RuntimeSettings
 log = logging.getLogger(__name__)
 
 NAME = "pubsub"
-STALE_S = 0.1  # how long a publisher trusts its copy of the subscribed topics
-JOIN_WAIT_S = STALE_S + 0.02  # a new subscription is safe to report after this
+WATCH_HOLD_S = 1.0  # a watch call waits this long for a change before answering
+LEASE_S = 3.0  # a watcher is waited for this long after its last watch call
 FLUSH_S = 0.015
-KEEP_FRESH_S = 2.0  # a publisher unused this long stops refreshing its topics
+KEEP_WATCHING_S = 2.0  # a publisher unused this long stops watching
 POLL_WAIT_S = 1.0
 QUEUE_MAX = 100_000  # events per subscriber waiting for its next poll
 BUFFER_MAX = 100_000  # events per publisher waiting for a flush
@@ -50,6 +52,14 @@ Event = tuple[str, str, dict]
 
 def _pattern_of(topic: str) -> str:
     return topic.split(":", 1)[0] + ":*"
+
+
+class _Watcher:
+    __slots__ = ("acked", "seen")
+
+    def __init__(self) -> None:
+        self.acked = -1  # the topic-set version this publisher has applied
+        self.seen = time.monotonic()  # when its last watch call arrived
 
 
 class _Sub:
@@ -74,6 +84,14 @@ class PubSub:
         self.by_topic: dict[str, set[str]] = {}  # topic -> subscriber ids
         self.version = 0
         self.changes: deque[tuple[int, str, bool]] = deque()  # (version, topic, present)
+        self.watchers: dict[str, _Watcher] = {}
+        self._topics_changed = asyncio.Event()  # replaced by a fresh one at each change
+        self._acked = asyncio.Event()  # likewise, at each acknowledgement
+        # After a restart, publishers may still trust a copy from the previous life:
+        # new subscriptions wait until those have run out.
+        self._trust_ends = time.monotonic() + (
+            LEASE_S if ray.get_runtime_context().was_current_actor_reconstructed else 0.0
+        )
         self.published = 0
         self.delivered = 0
         self._reaper: asyncio.Task | None = None
@@ -117,6 +135,28 @@ class PubSub:
         self.changes.append((self.version, topic, present))
         while len(self.changes) > CHANGES_MAX:
             self.changes.popleft()
+        self._topics_changed.set()
+        self._topics_changed = asyncio.Event()
+
+    async def _acknowledged(self, version: int) -> None:
+        """Wait until every live watcher has applied `version` of the topic set."""
+        pause = self._trust_ends - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        while True:
+            now = time.monotonic()
+            behind = [
+                w.seen
+                for w in self.watchers.values()
+                if w.acked < version and now - w.seen < LEASE_S
+            ]
+            if not behind:
+                return
+            acked = self._acked
+            try:
+                await asyncio.wait_for(acked.wait(), timeout=min(behind) + LEASE_S - now)
+            except TimeoutError:
+                pass
 
     async def register(self, sub_id: str, topics: list[str]) -> list[str]:
         """Add `topics` to the subscriber (created if unknown); the ones that had no
@@ -126,7 +166,10 @@ class PubSub:
         if sub is None:
             sub = self.subs[sub_id] = _Sub()
         sub.seen = time.monotonic()
-        return [t for t in topics if self._add(sub_id, sub, t)]
+        new = [t for t in topics if self._add(sub_id, sub, t)]
+        if new:
+            await self._acknowledged(self.version)
+        return new
 
     async def subscribe(self, sub_id: str, topics: list[str]) -> tuple[bool, list[str]]:
         """`(known, new)`: `known` False means this broker did not know the subscriber
@@ -174,6 +217,10 @@ class PubSub:
         while True:
             await asyncio.sleep(SUBSCRIBER_TTL_S / 3)
             cutoff = time.monotonic() - SUBSCRIBER_TTL_S
+            for publisher_id in [
+                i for i, w in self.watchers.items() if w.seen < time.monotonic() - LEASE_S
+            ]:
+                del self.watchers[publisher_id]
             for sub_id in [i for i, s in self.subs.items() if s.seen < cutoff]:
                 log.warning("dropping subscriber %s: no poll for %ss", sub_id, SUBSCRIBER_TTL_S)
                 await self.drop(sub_id)
@@ -208,6 +255,36 @@ class PubSub:
                 self.delivered += 1
         return self.topics_since(epoch, version)
 
+    async def watch(
+        self, publisher_id: str, epoch: str | None, version: int, hold_s: float = 0.0
+    ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
+        """A publisher's long poll: `(epoch, version)` is the topic set it has applied
+        (its acknowledgement); the answer is as `publish`'s, given as soon as there is
+        a change, or after `hold_s` without one."""
+        self._start()
+        watcher = self.watchers.get(publisher_id)
+        if watcher is None:
+            watcher = self.watchers[publisher_id] = _Watcher()
+        watcher.seen = time.monotonic()
+        if epoch == self.epoch and version > watcher.acked:
+            watcher.acked = version
+            self._acked.set()
+            self._acked = asyncio.Event()
+        if hold_s > 0 and epoch == self.epoch and version == self.version:
+            try:
+                await asyncio.wait_for(
+                    self._topics_changed.wait(), timeout=min(hold_s, LEASE_S / 2)
+                )
+            except TimeoutError:
+                pass
+        return self.topics_since(epoch, version)
+
+    async def unwatch(self, publisher_id: str) -> None:
+        """The publisher stopped trusting its copy: stop waiting for it."""
+        if self.watchers.pop(publisher_id, None) is not None:
+            self._acked.set()
+            self._acked = asyncio.Event()
+
     def topics_since(
         self, epoch: str | None, version: int
     ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
@@ -219,15 +296,13 @@ class PubSub:
         delta = [(t, present) for v, t, present in self.changes if v > version]
         return self.epoch, self.version, None, delta
 
-    async def topics(self, epoch: str | None = None, version: int = 0) -> tuple:
-        return self.topics_since(epoch, version)
-
     async def ping(self) -> dict[str, Any]:
         self._start()
         return {
             "epoch": self.epoch,
             "subscribers": len(self.subs),
             "topics": len(self.counts),
+            "watchers": len(self.watchers),
             "published": self.published,
             "delivered": self.delivered,
         }
@@ -248,12 +323,10 @@ class Publisher:
     `publish` never blocks and never raises for delivery problems: events are
     ephemeral (a lost one is made good when the client resyncs)."""
 
-    def __init__(
-        self, namespace: str | None = None, *, interval: float = FLUSH_S, stale_s: float = STALE_S
-    ) -> None:
+    def __init__(self, namespace: str | None = None, *, interval: float = FLUSH_S) -> None:
         self.namespace = namespace or RuntimeSettings().namespace
         self.interval = interval
-        self.stale_s = stale_s
+        self.id = uuid.uuid4().hex
         self._handle: Any = None
         self._buffer: list[Event | None] = []
         self._latest: dict[tuple, int] = {}  # coalescing key -> index in _buffer
@@ -262,36 +335,64 @@ class Publisher:
         self._epoch: str | None = None
         self._version = 0
         self._topics: set[str] = set()
-        self._asked_at = float("-inf")  # when the request that brought _topics was sent
+        self._trusted_until = float("-inf")
         self._used_at = float("-inf")
-        self._keeper: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         self.sent = 0
         self.dropped = 0  # events nobody subscribed to
         self.lost = 0  # events that could not be delivered (PubSub down, overflow)
 
-    def _fresh(self) -> bool:
+    def _trusted(self) -> bool:
         self._used_at = now = time.monotonic()
-        if self._keeper is None or self._keeper.done():
+        if self._watcher is None or self._watcher.done():
             try:
-                self._keeper = asyncio.get_running_loop().create_task(self._keep_fresh())
-            except RuntimeError:  # no loop here: flushes still bring the topics
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            except RuntimeError:  # no loop here: flushes still ask for the topics
                 pass
-        return self._epoch is not None and now - self._asked_at <= self.stale_s
+        return now < self._trusted_until
 
-    async def _keep_fresh(self) -> None:
-        """While the publisher is in use, ask for topic changes every `stale_s / 2`, so
-        its copy never goes stale between rounds and no unwanted event is sent."""
-        while time.monotonic() - self._used_at < KEEP_FRESH_S:
-            if self._epoch is not None and time.monotonic() - self._asked_at > self.stale_s / 2:
-                asked = time.monotonic()
+    def _pubsub(self) -> Any:
+        if self._handle is None:
+            self._handle = pubsub_handle(self.namespace)
+        return self._handle
+
+    async def _ask(self, hold_s: float) -> None:
+        """One watch call: learn the topic set and acknowledge what was applied."""
+        sent, watcher_id = time.monotonic(), self.id
+        try:
+            answer = await self._pubsub().watch.remote(
+                watcher_id, self._epoch, self._version, hold_s
+            )
+        except Exception:
+            self._trusted_until = float("-inf")
+            raise
+        self._learn(answer)
+        # PubSub waits for this watcher until LEASE_S after the call arrived, unless it
+        # was unwatched meanwhile (then the publisher watches under a new id).
+        if watcher_id == self.id:
+            self._trusted_until = max(self._trusted_until, sent + LEASE_S)
+
+    async def _watch(self) -> None:
+        """While the publisher is in use, keep its copy of the topic set current."""
+        backoff = self.interval
+        try:
+            while time.monotonic() - self._used_at < KEEP_WATCHING_S:
                 try:
-                    if self._handle is None:
-                        self._handle = pubsub_handle(self.namespace)
-                    answer = await self._handle.topics.remote(self._epoch, self._version)
-                    self._learn(answer, asked)
+                    await self._ask(WATCH_HOLD_S)
+                    backoff = self.interval
                 except Exception as exc:  # the next flush asks again
-                    log.debug("topic refresh failed: %r", exc)
-            await asyncio.sleep(self.stale_s / 2)
+                    if isinstance(exc, ray.exceptions.ActorDiedError):
+                        self._handle = None
+                    log.debug("watching the topics failed: %r", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+        finally:
+            # First stop trusting, then say so; a watch call still on its way cannot
+            # renew the trust, as later calls go under a new id.
+            self._trusted_until = float("-inf")
+            watcher_id, self.id = self.id, uuid.uuid4().hex
+            if self._handle is not None:
+                self._handle.unwatch.remote(watcher_id)
 
     def _wanted(self, topic: str) -> bool:
         return topic in self._topics or _pattern_of(topic) in self._topics
@@ -299,10 +400,10 @@ class Publisher:
     def wants(self, topic: str) -> bool:
         """False only when `topic` is known to have no subscriber, so a publisher can
         skip building a payload nobody will read."""
-        return not self._fresh() or self._wanted(topic)
+        return not self._trusted() or self._wanted(topic)
 
     def publish(self, topic: str, event: str, payload: dict, coalesce: bool = False) -> None:
-        if self._fresh() and not self._wanted(topic):
+        if self._trusted() and not self._wanted(topic):
             self.dropped += 1
             return
         if coalesce:
@@ -342,20 +443,22 @@ class Publisher:
             batch = [e for e in self._buffer if e is not None]
             self._buffer = []
             self._latest = {}
-            if self._fresh():
+            try:
+                if not self._trusted():
+                    # Every event of the batch was published before this call, so its
+                    # answer may drop the unwanted ones.
+                    await self._ask(0.0)
                 kept = [e for e in batch if self._wanted(e[0])]
                 self.dropped += len(batch) - len(kept)
                 batch = kept
-            if not batch:
-                return
-            asked = time.monotonic()
-            try:
-                if self._handle is None:
-                    self._handle = pubsub_handle(self.namespace)
-                answer = await self._handle.publish.remote(batch, self._epoch, self._version)
+                if batch:
+                    answer = await self._pubsub().publish.remote(batch, self._epoch, self._version)
+                    self.sent += len(batch)
+                    self._learn(answer)
             except Exception as exc:  # delivery is best effort: drop, back off, go on
                 self.lost += len(batch)
                 self._epoch = None
+                self._trusted_until = float("-inf")
                 if isinstance(exc, ray.exceptions.ActorDiedError):
                     self._handle = None
                 log.warning("publish of %d events failed: %s", len(batch), type(exc).__name__)
@@ -364,16 +467,14 @@ class Publisher:
                 if not self._buffer:
                     return
                 continue
-            self.sent += len(batch)
-            self._learn(answer, asked)
             if not self._buffer:
                 return
             await asyncio.sleep(self.interval)
 
-    def _learn(self, answer: tuple, asked: float) -> None:
+    def _learn(self, answer: tuple) -> None:
         epoch, version, full, delta = answer
         if epoch == self._epoch and version < self._version:
-            return  # overtaken by a newer answer (a flush and a refresh crossed)
+            return  # overtaken by a newer answer (a flush and a watch crossed)
         if full is not None:
             self._topics = set(full)
         else:
@@ -383,7 +484,6 @@ class Publisher:
                 else:
                     self._topics.discard(topic)
         self._epoch, self._version = epoch, version
-        self._asked_at = max(self._asked_at, asked)
 
     async def drain(self) -> None:
         """Send what is buffered now (tests, shutdown)."""
@@ -466,9 +566,7 @@ class Subscriber:
             return
         pending = self._pending[topic] = asyncio.get_running_loop().create_future()
         try:
-            new = await self._subscribe_remote(topic)
-            if new:
-                await asyncio.sleep(JOIN_WAIT_S)
+            await self._subscribe_remote(topic)
         except BaseException as exc:
             self._forget(topic, callback)
             pending.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
@@ -480,14 +578,13 @@ class Subscriber:
             if self._pending.get(topic) is pending:
                 del self._pending[topic]
 
-    async def _subscribe_remote(self, topic: str) -> bool:
+    async def _subscribe_remote(self, topic: str) -> None:
         async with self._control:
             if topic not in self.callbacks:  # unsubscribed meanwhile
-                return False
-            known, new = await self._get_handle().subscribe.remote(self.id, [topic])
+                return
+            known, _ = await self._get_handle().subscribe.remote(self.id, [topic])
             if not known:
                 self._registered = False  # the poll loop registers every topic again
-            return bool(new)
 
     def unsubscribe(self, topic: str, callback: Callback) -> None:
         if self._forget(topic, callback):

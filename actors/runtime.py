@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,8 +53,13 @@ def shard_of(entity_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_id(value: object, *, field_name: str = "id") -> str:
     """Entity ids are UUIDs; one spelling each, so one id is one entity."""
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value  # the usual case, checked without building a UUID
     try:
         return str(uuid.UUID(str(value)))
     except (ValueError, TypeError, AttributeError) as exc:
@@ -287,8 +293,9 @@ class EntityHost:
         """Deliver a batch of `(entity_id, message)` (`encode_batch`); answer each
         `(ok, result|error)` in the same order (`decode_outcomes`), once its effects
         are committed."""
-        return pickle.dumps(await self._deliver(pickle.loads(payload)),
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(
+            await self._deliver(pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL
+        )
 
     async def _deliver(self, batch: list[tuple[str, Any]]) -> list[tuple[bool, Any]]:
         await self._ready()
@@ -377,7 +384,11 @@ class EntityHost:
         now = int(time.monotonic())
         ops: list[Op] = []
         for op in batch:
-            if shard_of(op.entity_id, self.settings.shards) in self.owned:
+            # An activated entity was owned when it was loaded, and ownership lasts
+            # as long as the host.
+            if op.entity_id in self.entities or (
+                shard_of(op.entity_id, self.settings.shards) in self.owned
+            ):
                 ops.append(op)
             else:
                 op.future.set_exception(WrongHost(f"{op.entity_id} is not hosted here"))

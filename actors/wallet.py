@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -181,6 +180,7 @@ class Write(NamedTuple):
     entries: tuple[tuple[str, int], ...]
     pending_add: tuple[int, float | None] | None
     pending_remove: bool
+    prior: Prior
 
 
 class WalletKind(EntityKind[Wallet]):
@@ -190,6 +190,8 @@ class WalletKind(EntityKind[Wallet]):
         super().__init__(host)
         self.recent: OrderedDict[tuple[str, str], Prior] = OrderedDict()
         self.round_priors: dict[tuple[str, str], Prior] = {}
+        # The round's clock: reservations made and expired in one round share it.
+        self.now = time.time()
 
     async def reset(self) -> None:
         self.recent.clear()
@@ -222,6 +224,7 @@ class WalletKind(EntityKind[Wallet]):
         careful round."""
         careful, self.careful = self.careful, False
         self.round_priors = {}
+        self.now = time.time()
         unknown = {}
         entities = self.host.entities
         for op in ops:
@@ -301,7 +304,7 @@ class WalletKind(EntityKind[Wallet]):
         if isinstance(message, Reserve):
             a = message.amount
             self._need(w, a)
-            expires = time.time() + message.timeout_s if message.timeout_s else None
+            expires = self.now + message.timeout_s if message.timeout_s else None
             return self._write(
                 w,
                 round_,
@@ -375,6 +378,7 @@ class WalletKind(EntityKind[Wallet]):
                 w.pending = None
         w.available += available_delta
         w.seq += 1
+        prior = self.round_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
         round_.writes.append(
             Write(
                 w,
@@ -389,15 +393,15 @@ class WalletKind(EntityKind[Wallet]):
                 entries,
                 reserve,
                 resolve is not None,
+                prior,
             )
         )
-        self.round_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
         return w.balance()
 
     def _expire_due(self, w: Wallet, round_: Round) -> None:
         if not w.pending:
             return
-        now = time.time()
+        now = self.now
         due = [ref for ref, (_, exp) in w.pending.items() if exp is not None and exp <= now]
         for ref in due:
             if (w.id, RESOLVE + ref) in self.round_priors:
@@ -424,7 +428,6 @@ class WalletKind(EntityKind[Wallet]):
                 "operations",
                 schema_name="wallets",
                 columns=[
-                    "id",
                     "wallet_id",
                     "op_key",
                     "seq",
@@ -437,7 +440,6 @@ class WalletKind(EntityKind[Wallet]):
                 ],
                 records=[
                     (
-                        uuid.uuid4(),
                         x.wallet.id,
                         x.op_key,
                         x.seq,
@@ -461,6 +463,8 @@ class WalletKind(EntityKind[Wallet]):
         )
         added = [x for x in writes if x.pending_add is not None]
         if added:
+            # A round's reservations share its clock, so mostly one expiry to convert.
+            stamps = {e: _timestamp(e) for e in {x.pending_add[1] for x in added}}
             await conn.copy_records_to_table(
                 "pending",
                 schema_name="wallets",
@@ -471,7 +475,7 @@ class WalletKind(EntityKind[Wallet]):
                         x.reference_id,
                         shard_of(x.wallet.id, shards),
                         x.pending_add[0],
-                        _timestamp(x.pending_add[1]),
+                        stamps[x.pending_add[1]],
                     )
                     for x in added
                 ],
@@ -523,9 +527,7 @@ class WalletKind(EntityKind[Wallet]):
                 if publisher.wants(topic):
                     publisher.publish(topic, "balance", w.balance()._asdict(), coalesce=True)
             for x in writes:
-                self.recent[(x.wallet.id, x.op_key)] = Prior(
-                    x.args, x.kind, x.available, x.reserved
-                )
+                self.recent[(x.wallet.id, x.op_key)] = x.prior
             while len(self.recent) > RECENT_RESULTS:
                 self.recent.popitem(last=False)
 

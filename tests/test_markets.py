@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from actors import market as mk
-from actors.book import Bet, Market, Recover
+from actors.book import Bet, BetRecord, Market, Recover
 from actors.client import Router
 from actors.errors import (
     AlreadySettled,
@@ -842,8 +842,8 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
             await conn.close()
 
     killed, answers = run(scenario())
-    accepted_answers = {b["id"] for b in answers if isinstance(b, dict)}
-    errors = [a for a in answers if not isinstance(a, dict)]
+    accepted_answers = {b.id for b in answers if isinstance(b, BetRecord)}
+    errors = [a for a in answers if not isinstance(a, BetRecord)]
     assert all(isinstance(e, LootifyError) for e in errors), errors[:3]
 
     deadline = time.monotonic() + aio.settings.reservation_timeout_s + 45

@@ -110,19 +110,82 @@ def test_publishers_drop_unsubscribed_topics_but_never_a_joined_one(
 def test_a_publisher_in_use_keeps_dropping_unwanted_events_between_sparse_rounds(
     ray_cluster, run, settings
 ) -> None:
-    """A market's rounds may come further apart than the topic copy stays fresh; a
-    publisher in use refreshes its copy, so it does not send what nobody wants."""
+    """A market's rounds may come far apart; a publisher in use keeps watching the
+    topic set, so it does not send what nobody wants."""
 
     async def main() -> None:
         pub = Publisher(settings.namespace)
         pub.publish(f"user:{uuid.uuid4()}", "balance", {})  # learns the topic set
         await pub.drain()
         sent, dropped = pub.sent, pub.dropped
-        for _ in range(8):
-            await asyncio.sleep(pubsub.STALE_S * 1.5)
+        for _ in range(6):
+            await asyncio.sleep(pubsub.WATCH_HOLD_S * 0.4)
             pub.publish(f"user:{uuid.uuid4()}", "balance", {})
             await pub.drain()
-        assert (pub.sent - sent, pub.dropped - dropped) == (0, 8)
+        assert (pub.sent - sent, pub.dropped - dropped) == (0, 6)
+
+    run(main())
+
+
+def test_a_new_subscription_waits_until_every_watching_publisher_knows_it(
+    ray_cluster, run, settings
+) -> None:
+    """A publisher that has not yet applied a new topic may still drop its events, so
+    the subscription must not complete before that publisher acknowledges it."""
+
+    async def main() -> None:
+        handle = pubsub_handle(settings.namespace)
+        laggard = f"laggard-{uuid.uuid4()}"
+        epoch, version, _, _ = await handle.watch.remote(laggard, None, 0)
+        epoch, version, _, _ = await handle.watch.remote(laggard, epoch, version)  # acked
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        joining = asyncio.ensure_future(sub.subscribe(f"user:{uuid.uuid4()}", print))
+        await asyncio.sleep(0.5)
+        assert not joining.done(), "the join did not wait for the publisher"
+        _, newer, _, delta = await handle.watch.remote(laggard, epoch, version)
+        assert newer > version and delta, "the publisher learns the new topic"
+        assert not joining.done()
+        await handle.watch.remote(laggard, epoch, newer)  # acknowledges it
+        await asyncio.wait_for(joining, timeout=5)
+        await handle.unwatch.remote(laggard)
+        await sub.close()
+
+    run(main())
+
+
+def test_a_silent_publisher_is_waited_for_one_lease_at_most(ray_cluster, run, settings) -> None:
+    async def main() -> None:
+        handle = pubsub_handle(settings.namespace)
+        silent = f"silent-{uuid.uuid4()}"
+        await handle.watch.remote(silent, None, 0)
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        start = time.monotonic()
+        await asyncio.wait_for(sub.subscribe(f"user:{uuid.uuid4()}", print), pubsub.LEASE_S + 5)
+        assert time.monotonic() - start > pubsub.LEASE_S / 2  # it was waited for
+        await sub.close()
+
+    run(main())
+
+
+def test_a_publisher_that_stopped_watching_trusts_its_copy_no_more(
+    ray_cluster, run, settings
+) -> None:
+    """PubSub stops waiting for a publisher that stopped watching, so that publisher
+    must not drop events on its old copy: it asks again before it drops anything."""
+
+    async def main() -> None:
+        pub = Publisher(settings.namespace)
+        nobody = f"user:{uuid.uuid4()}"
+        pub.publish(nobody, "balance", {})
+        await pub.drain()
+        assert not pub.wants(nobody)
+        await asyncio.sleep(pubsub.KEEP_WATCHING_S + pubsub.WATCH_HOLD_S + 0.5)
+        assert pub.wants(nobody), "an idle publisher's copy is not trusted"
+        pub.publish(nobody, "balance", {})
+        await pub.drain()  # asks first, so nothing is sent
+        assert pub.sent == 0
 
     run(main())
 
@@ -161,7 +224,3 @@ def test_subscribers_come_back_after_a_broker_restart(ray_cluster, run, settings
         await sub.close()
 
     run(main())
-
-
-def test_join_wait_covers_the_publishers_staleness() -> None:
-    assert pubsub.JOIN_WAIT_S > pubsub.STALE_S
