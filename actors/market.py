@@ -63,7 +63,7 @@ from .errors import (
     StakeTooHigh,
     StakeTooLow,
 )
-from .runtime import EntityKind, Op, Round, check_versioned_update, shard_of
+from .runtime import EntityKind, Op, RetryRound, Round, check_versioned_update, shard_of
 
 RECOVERY_AGE_S = 3.0
 
@@ -77,6 +77,9 @@ class MarketKind(EntityKind[Market]):
         # Bets whose money this process is moving now: recovery leaves them alone, or
         # a slow settlement would be sent again every tick while its first run goes on.
         self.moving: set[str] = set()
+        # In a careful round: bet id -> (market, user) of the round's bet ids stored
+        # already (see `prepare`).
+        self.stored: dict[str, tuple[str, str]] = {}
 
     async def wallets(self) -> Any:
         """The wallet router of this host process (created on first use)."""
@@ -166,14 +169,21 @@ class MarketKind(EntityKind[Market]):
             to_reserve.append(op)
         if not to_reserve:
             return
-        async with self.host.pool.acquire() as conn:
-            known = {
-                r["id"]: r["market_id"]
-                for r in await conn.fetch(
-                    "select id::text, market_id::text from bets.bets where id = any($1::uuid[])",
-                    [op.message.bet_id for op in to_reserve],
-                )
-            }
+        # An activated market knows its own bets; a bet id used on another market is
+        # caught by the bets' primary key (a careful round then refuses it). A market
+        # still to be activated must not reserve again for a bet it already holds.
+        cold = [op.message.bet_id for op in to_reserve if op.entity_id not in self.host.entities]
+        known = {}
+        if cold:
+            async with self.host.pool.acquire() as conn:
+                known = {
+                    r["id"]: r["market_id"]
+                    for r in await conn.fetch(
+                        "select id::text, market_id::text from bets.bets "
+                        "where id = any($1::uuid[])",
+                        cold,
+                    )
+                }
         if known:
             for op in to_reserve:
                 market_id = known.get(op.message.bet_id)
@@ -204,6 +214,21 @@ class MarketKind(EntityKind[Market]):
             if isinstance(result, ReservationResolved):
                 result = _refused_before(op.message.bet_id)
             op.prepared = result if isinstance(result, BaseException) else "reserved"
+
+    async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
+        """In a careful round (a bet id of the last one was stored already), look up
+        which of the round's bet ids are stored, and where."""
+        careful, self.careful = self.careful, False
+        self.stored = {}
+        if not careful:
+            return
+        ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
+        for r in await conn.fetch(
+            "select id::text, market_id::text, user_id::text from bets.bets "
+            "where id = any($1::uuid[])",
+            ids,
+        ):
+            self.stored[r["id"]] = (r["market_id"], r["user_id"])
 
     def _check_bet(self, m: Market, msg: PlaceBet) -> int | None:
         """The price the bet would be accepted at now, or the reason it is refused."""
@@ -293,6 +318,11 @@ class MarketKind(EntityKind[Market]):
             raise op.prepared
         if op.prepared != "reserved":  # not prepared: the market did not exist then
             raise Conflict("the bet was not prepared; retry")
+        elsewhere = self.stored.get(msg.bet_id)
+        if elsewhere is not None:
+            if elsewhere[1] != msg.user_id:  # the reservation is this message's own
+                round_.writes.append(("release", m.id, msg.user_id, msg.bet_id))
+            raise IdempotencyConflict(f"bet {msg.bet_id} exists on another market")
         try:
             price = self._check_bet(m, msg)
         except LootifyError:
@@ -474,41 +504,10 @@ class MarketKind(EntityKind[Market]):
                 m.version,
             )
         if new_bets:
-            await conn.copy_records_to_table(
-                "bets",
-                schema_name="bets",
-                columns=[
-                    "id",
-                    "user_id",
-                    "market_id",
-                    "selection",
-                    "amount",
-                    "odds_x100",
-                    "potential_payout",
-                    "status",
-                    "payout",
-                    "stake",
-                    "payout_state",
-                    "placed_at",
-                ],
-                records=[
-                    (
-                        b.id,
-                        b.user_id,
-                        bet_market[b.id],
-                        b.selection,
-                        b.amount,
-                        b.odds_x100,
-                        b.potential,
-                        b.status,
-                        b.payout,
-                        b.stake,
-                        b.payout_state,
-                        to_datetime(b.placed_at),
-                    )
-                    for b in new_bets
-                ],
-            )
+            try:
+                await self._insert_bets(conn, new_bets, bet_market)
+            except asyncpg.UniqueViolationError as exc:
+                raise RetryRound("a bet id was used on another market") from exc
         for _, market_id, winner, _accepted, pool, winning in settles:
             m = markets[market_id]
             # One pass over the market's bets: the same arithmetic as `_settle`.
@@ -583,6 +582,46 @@ class MarketKind(EntityKind[Market]):
             self._publish(markets, changes, new_bets, bet_market, settled)
 
         round_.after_commit.append(remember)
+
+    @staticmethod
+    async def _insert_bets(
+        conn: asyncpg.Connection, bets: list[Bet], bet_market: dict[str, str]
+    ) -> None:
+        await conn.copy_records_to_table(
+            "bets",
+            schema_name="bets",
+            columns=[
+                "id",
+                "user_id",
+                "market_id",
+                "selection",
+                "amount",
+                "odds_x100",
+                "potential_payout",
+                "status",
+                "payout",
+                "stake",
+                "payout_state",
+                "placed_at",
+            ],
+            records=[
+                (
+                    b.id,
+                    b.user_id,
+                    bet_market[b.id],
+                    b.selection,
+                    b.amount,
+                    b.odds_x100,
+                    b.potential,
+                    b.status,
+                    b.payout,
+                    b.stake,
+                    b.payout_state,
+                    to_datetime(b.placed_at),
+                )
+                for b in bets
+            ],
+        )
 
     def _publish(
         self, markets: dict, changes: dict, new_bets: list, bet_market: dict, settled: list
@@ -756,7 +795,7 @@ class MarketKind(EntityKind[Market]):
 
 def _refused_before(bet_id: str) -> IdempotencyConflict:
     return IdempotencyConflict(
-        f"bet {bet_id} was refused before and its stake returned; place it with a new id"
+        f"bet {bet_id} was placed before and its stake is no longer held; use a new bet id"
     )
 
 

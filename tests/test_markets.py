@@ -611,27 +611,35 @@ def test_retrying_a_refused_bet_id_is_not_a_phantom_acceptance(lootify, run, dat
     assert balance(lootify, user) == (9_000, 9_000, 0)
 
 
-def test_bet_id_reused_on_another_market_is_refused_alone(lootify, run, database_url, aio):
+@pytest.mark.parametrize("by", ["the same user", "another user"])
+def test_bet_id_reused_on_another_market_is_refused_alone(lootify, run, database_url, aio, by):
     """A bet id already used on one market, sent to another, is refused for that caller
-    only; other bets in the same round are accepted."""
+    only; other bets in the same round are accepted. By the same user, the wallet
+    refuses it (that stake is spent); by another, the bets' key does, and the second
+    caller's reservation is released."""
     first, second = new_market(lootify), new_market(lootify)
     user, bystander = funded(lootify, 10_000), funded(lootify, 10_000)
+    reuser = user if by == "the same user" else funded(lootify, 10_000)
     bet_id = str(uuid.uuid4())
-    lootify.place_bet(user, first["id"], "home", 1_000, bet_id=bet_id)
+    original = lootify.place_bet(user, first["id"], "home", 1_000, bet_id=bet_id)
 
     async def same_round():
         return await asyncio.gather(
-            aio.place_bet(user, second["id"], "home", 1_000, bet_id=bet_id),
+            aio.place_bet(reuser, second["id"], "home", 1_000, bet_id=bet_id),
             aio.place_bet(bystander, second["id"], "away", 1_000),
             return_exceptions=True,
         )
 
     reused, other = run(same_round())
     assert isinstance(other, dict) and other["status"] == "accepted", other
-    assert isinstance(reused, LootifyError), reused
-    assert type(reused).status == 409, reused  # a conflict, not a 5xx
+    assert isinstance(reused, IdempotencyConflict), reused  # a conflict, not a 5xx
     assert balance(lootify, user) == (9_000, 9_000, 0)
     assert balance(lootify, bystander) == (9_000, 9_000, 0)
+    if reuser != user:
+        assert balance(lootify, reuser) == (10_000, 10_000, 0)
+    stored = lootify.get_bet(user, bet_id)
+    assert (stored["market_id"], stored["status"]) == (original["market_id"], "accepted")
+    assert list(bet_rows(run, database_url, second["id"])) == [other["id"]]
 
 
 # -- parimutuel pools ------------------------------------------------------------------
