@@ -37,6 +37,7 @@ from .runtime import (
 
 T = TypeVar("T")
 _HOST_DOWN = (RayActorError, ActorDiedError, ActorUnavailableError)
+HOST_CACHE_MAX = 100_000
 
 
 class Router:
@@ -63,13 +64,22 @@ class Router:
         self.settings = settings
         self.window = settings.batch_window_ms / 1000 if batching else 0.0
         self.max_batch = settings.batch_max if batching else 1
+        # entity id -> host index; hashing an id costs more than routing it otherwise.
+        self._hosts: dict[str, int] = {}
         self.buffers: dict[int, list[tuple[str, Any, asyncio.Future]]] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
         self.batches_sent = 0
         self.messages_sent = 0
 
     def host_of(self, entity_id: str) -> int:
-        return self.directory[shard_of(entity_id, self.settings.shards)]
+        host = self._hosts.get(entity_id)
+        if host is None:
+            if len(self._hosts) >= HOST_CACHE_MAX:
+                self._hosts.clear()
+            host = self._hosts[entity_id] = self.directory[
+                shard_of(entity_id, self.settings.shards)
+            ]
+        return host
 
     def call(self, entity_id: str, message: Any) -> asyncio.Future:
         """Queue one message; the future resolves to its result or raises its error."""
@@ -133,6 +143,7 @@ class Router:
 
     async def _refresh_directory(self) -> None:
         self.directory = await self.handles[0].directory_view.remote()
+        self._hosts.clear()
 
 
 def _fail(batch: list[tuple[str, Any, asyncio.Future]], error: LootifyError) -> None:

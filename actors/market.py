@@ -66,6 +66,8 @@ from .errors import (
 from .runtime import EntityKind, Op, RetryRound, Round, check_versioned_update, shard_of
 
 RECOVERY_AGE_S = 3.0
+# How long the record of moved money may wait for a round (see `EntityHost.submit`).
+RECORD_WITHIN_S = 0.05
 
 
 class MarketKind(EntityKind[Market]):
@@ -759,7 +761,9 @@ class MarketKind(EntityKind[Market]):
         recorded = []
         for mid, ids in moved.items():
             future = self.host.submit(
-                mid, MoneyMoved(tuple(ids["staked"]), tuple(ids["returned"]), tuple(ids["paid"]))
+                mid,
+                MoneyMoved(tuple(ids["staked"]), tuple(ids["returned"]), tuple(ids["paid"])),
+                within=RECORD_WITHIN_S,
             )
             future.add_done_callback(w._ignore_outcome)
             recorded.append(future)

@@ -508,11 +508,17 @@ class EntityHost:
             del self.entities[entity_id]
         return len(idle)
 
-    def submit(self, entity_id: str, message: Any) -> asyncio.Future:
-        """Queue a message from inside the host (timers, sagas)."""
-        op = Op(entity_id, message, asyncio.get_running_loop().create_future())
+    def submit(self, entity_id: str, message: Any, *, within: float = 0.0) -> asyncio.Future:
+        """Queue a message from inside the host (timers, sagas). With `within`, an idle
+        host waits up to that long before it runs a round for it, so that bookkeeping
+        rides with the next messages instead of taking a round of its own."""
+        loop = asyncio.get_running_loop()
+        op = Op(entity_id, message, loop.create_future())
         self.queue.append(op)
-        self.wake.set()
+        if within > 0:
+            loop.call_later(within, self.wake.set)
+        else:
+            self.wake.set()
         return op.future
 
 

@@ -133,6 +133,8 @@ async def memory_and_activation(settings: RuntimeSettings, dsn: str, results: di
         # The wallets made for this measure have no journal: remove them so the
         # ledger audit at the end judges only what went through the runtime.
         await conn.execute("delete from wallets.wallets where user_id = any($1::uuid[])", ids)
+        # Vacuum now, so the next measures do not share the machine with autovacuum.
+        await conn.execute("vacuum analyze wallets.wallets")
         await conn.close()
 
 
