@@ -25,17 +25,17 @@ MAX_ODDS = 100_000
 BASIS = 10_000  # takeout in basis points
 DEFAULT_DEPTH = 1_000_000  # liability (minor units) that moves a weight by 1.0
 _MIN_WEIGHT = 1e-6
+_CAP = 100 / MIN_ODDS  # the highest implied probability on the ladder
 
 
 def odds_to_x100(odds: Decimal) -> int:
     return int(odds * 100)
 
 
-_CENT = Decimal("0.01")
 
 
 def x100_to_odds(x100: int | None) -> Decimal | None:
-    return None if x100 is None else (Decimal(x100) / 100).quantize(_CENT)
+    return None if x100 is None else Decimal(x100).scaleb(-2)
 
 
 def _snap_down(odds: float) -> int:
@@ -72,10 +72,15 @@ class FixedOddsModel:
         )
 
     def price(self, liability: dict[str, int]) -> dict[str, int]:
+        base, offset, depth = self.base, self.offset, self.depth
         weights = {
-            k: max(_MIN_WEIGHT, self.base[k] + (liability[k] - self.offset[k]) / self.depth)
-            for k in self.keys
+            k: max(_MIN_WEIGHT, base[k] + (liability[k] - offset[k]) / depth) for k in self.keys
         }
+        # The usual case, priced once per bet: no selection pushed to the shortest price.
+        total = sum(weights.values())
+        probs = [self.overround * w / total for w in weights.values()]
+        if max(probs) <= _CAP:
+            return {k: _snap_down(1 / q) for k, q in zip(weights, probs, strict=True)}
         return {k: _snap_down(1 / q) for k, q in _capped(weights, self.overround).items()}
 
     def to_json(self) -> dict:
@@ -96,7 +101,7 @@ def _capped(weights: dict[str, float], overround: float) -> dict[str, float]:
     """Implied probabilities `overround * w / sum(w)`, none above 1/1.01: a selection
     pushed past the shortest price keeps 1.01 and the margin it cannot carry is
     spread over the others by weight, so the book's overround holds."""
-    cap = 100 / MIN_ODDS
+    cap = _CAP
     capped: dict[str, float] = {}
     while True:
         free = {k: w for k, w in weights.items() if k not in capped}

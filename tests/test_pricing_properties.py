@@ -169,3 +169,24 @@ def test_pool_odds_are_the_net_pool_over_the_selection_rounded_down(stakes, take
             continue
         exact = int(net * 100 / stake)  # floor, in hundredths
         assert odds[key] == max(pricing.MIN_ODDS, min(pricing.MAX_ODDS, exact)), (key, stakes)
+
+
+@SETTINGS
+@given(opening_odds, liability_steps())
+def test_fixed_odds_quick_price_is_the_capped_price(odds, steps):
+    """`price` skips the capping loop when no selection reaches the shortest price; it
+    must give what the loop gives, in every case."""
+    model = pricing.FixedOddsModel.from_odds(odds)
+    keys = list(odds)
+    liability = dict.fromkeys(keys, 0)
+    for index, amount in steps:
+        liability[keys[index % len(keys)]] += amount
+        weights = {
+            k: max(1e-6, model.base[k] + (liability[k] - model.offset[k]) / model.depth)
+            for k in keys
+        }
+        reference = {
+            k: pricing._snap_down(1 / q)
+            for k, q in pricing._capped(weights, model.overround).items()
+        }
+        assert model.price(liability) == reference
