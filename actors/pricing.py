@@ -32,8 +32,6 @@ def odds_to_x100(odds: Decimal) -> int:
     return int(odds * 100)
 
 
-
-
 def x100_to_odds(x100: int | None) -> Decimal | None:
     return None if x100 is None else Decimal(x100).scaleb(-2)
 
