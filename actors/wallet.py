@@ -72,10 +72,17 @@ class Deposit(NamedTuple):
     amount: int
     reference_id: str
 
+    def args(self) -> str:
+        """The arguments a replay of this reference id must repeat."""
+        return f"deposit|{self.amount}"
+
 
 class Withdraw(NamedTuple):
     amount: int
     reference_id: str
+
+    def args(self) -> str:
+        return f"withdraw|{self.amount}"
 
 
 class Reserve(NamedTuple):
@@ -87,15 +94,24 @@ class Reserve(NamedTuple):
     # that go on to spend the money held.
     confirm_held: bool = False
 
+    def args(self) -> str:
+        return f"reserve|{self.amount}|{self.timeout_s}"
+
 
 class Commit(NamedTuple):
     reference_id: str
     amount: int | None = None  # None commits the whole reservation
     target: str = "house"
 
+    def args(self) -> str:
+        return f"commit|{self.amount}|{self.target}"
+
 
 class Release(NamedTuple):
     reference_id: str
+
+    def args(self) -> str:
+        return "release"
 
 
 class Credit(NamedTuple):
@@ -104,9 +120,20 @@ class Credit(NamedTuple):
     source: str = "house"
     kind: str = "payout"  # or "bet_refund"
 
+    def args(self) -> str:
+        return f"credit|{self.amount}|{self.source}|{self.kind}"
+
 
 class Expire(NamedTuple):
     reference_id: str
+
+    def args(self) -> str:
+        return "expire"
+
+
+# Messages that resolve a reservation; they share its one key (see RESOLVE).
+_RESOLUTIONS = frozenset({Commit, Release, Expire})
+_AMOUNTED = frozenset({Deposit, Withdraw, Reserve, Credit})
 
 
 def validate(message: Any) -> Any:
@@ -117,17 +144,18 @@ def validate(message: Any) -> Any:
         raise InvalidInput(
             "reference_id must be 1-200 letters, digits or :._-", field="reference_id"
         )
-    if isinstance(message, (Deposit, Withdraw, Reserve, Credit)):
+    kind = type(message)
+    if kind in _AMOUNTED:
         check_amount(message.amount)
-    if isinstance(message, Reserve) and message.timeout_s is not None:
+    if kind is Reserve and message.timeout_s is not None:
         t = message.timeout_s
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_TIMEOUT_S:
             raise InvalidInput("timeout_s must be a positive number of seconds", field="timeout_s")
-    if isinstance(message, Commit):
+    if kind is Commit:
         if message.amount is not None:
             check_amount(message.amount)
         _check_account(message.target)
-    if isinstance(message, Credit):
+    if kind is Credit:
         _check_account(message.source)
         if message.kind not in ("payout", "bet_refund"):
             raise InvalidInput("credit kind must be payout or bet_refund", field="kind")
@@ -171,16 +199,12 @@ class Write(NamedTuple):
     wallet: Wallet
     op_key: str
     seq: int
-    kind: str
     reference_id: str
     amount: int
-    args: str
-    available: int
-    reserved: int
     entries: tuple[tuple[str, int], ...]
     pending_add: tuple[int, float | None] | None
     pending_remove: bool
-    prior: Prior
+    done: Prior  # its kind, arguments and result
 
 
 class WalletKind(EntityKind[Wallet]):
@@ -378,23 +402,9 @@ class WalletKind(EntityKind[Wallet]):
                 w.pending = None
         w.available += available_delta
         w.seq += 1
-        prior = self.round_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
+        done = self.round_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
         round_.writes.append(
-            Write(
-                w,
-                key,
-                w.seq,
-                kind,
-                ref,
-                amount,
-                args,
-                w.available,
-                w.reserved,
-                entries,
-                reserve,
-                resolve is not None,
-                prior,
-            )
+            Write(w, key, w.seq, ref, amount, entries, reserve, resolve is not None, done)
         )
         return w.balance()
 
@@ -443,12 +453,12 @@ class WalletKind(EntityKind[Wallet]):
                         x.wallet.id,
                         x.op_key,
                         x.seq,
-                        x.kind,
+                        x.done.kind,
                         x.reference_id,
                         x.amount,
-                        x.args,
-                        x.available,
-                        x.reserved,
+                        x.done.args,
+                        x.done.available,
+                        x.done.reserved,
                     )
                     for x in writes
                 ],
@@ -527,7 +537,7 @@ class WalletKind(EntityKind[Wallet]):
                 if publisher.wants(topic):
                     publisher.publish(topic, "balance", w.balance()._asdict(), coalesce=True)
             for x in writes:
-                self.recent[(x.wallet.id, x.op_key)] = x.prior
+                self.recent[(x.wallet.id, x.op_key)] = x.done
             while len(self.recent) > RECENT_RESULTS:
                 self.recent.popitem(last=False)
 
@@ -583,29 +593,16 @@ def _user(w: Wallet) -> str:
 
 
 def _op_key(message: Any) -> str | None:
-    if isinstance(message, GetBalance):
-        return None
-    if isinstance(message, (Commit, Release, Expire)):
+    if type(message) in _RESOLUTIONS:
         return RESOLVE + message.reference_id
-    return message.reference_id
+    return getattr(message, "reference_id", None)  # None: a read (GetBalance)
 
 
 def _args(message: Any) -> str:
-    if isinstance(message, Deposit):
-        return f"deposit|{message.amount}"
-    if isinstance(message, Withdraw):
-        return f"withdraw|{message.amount}"
-    if isinstance(message, Reserve):
-        return f"reserve|{message.amount}|{message.timeout_s}"
-    if isinstance(message, Commit):
-        return f"commit|{message.amount}|{message.target}"
-    if isinstance(message, Release):
-        return "release"
-    if isinstance(message, Expire):
-        return "expire"
-    if isinstance(message, Credit):
-        return f"credit|{message.amount}|{message.source}|{message.kind}"
-    raise InvalidInput(f"unknown wallet message {type(message).__name__}")
+    describe = getattr(message, "args", None)
+    if describe is None:
+        raise InvalidInput(f"unknown wallet message {type(message).__name__}")
+    return describe()
 
 
 def _resolved_word(kind: str) -> str:
