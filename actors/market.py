@@ -79,9 +79,8 @@ class MarketKind(EntityKind[Market]):
         # Bets whose money this process is moving now: recovery leaves them alone, or
         # a slow settlement would be sent again every tick while its first run goes on.
         self.moving: set[str] = set()
-        # In a careful round: bet id -> (market, user) of the round's bet ids stored
-        # already (see `prepare`).
-        self.stored: dict[str, tuple[str, str]] = {}
+        # In a careful round: the round's bet ids stored already (see `prepare`).
+        self.stored_bets: dict[str, tuple[str, str]] = {}
 
     async def wallets(self) -> Any:
         """The wallet router of this host process (created on first use)."""
@@ -154,12 +153,18 @@ class MarketKind(EntityKind[Market]):
         while the current round commits; the price is only provisional here (the
         round decides), and an entity not yet activated is checked in the round."""
         to_reserve: list[Op] = []
+        # An activated market knows its own bets; a bet id used on another market is
+        # caught by the bets' primary key (a careful round then refuses it). A market
+        # still to be activated must not reserve again for a bet it already holds.
+        cold: list[str] = []
         for op in ops:
             msg = op.message
             if not isinstance(msg, PlaceBet):
                 continue
             entry = self.host.entities.get(op.entity_id)
-            if entry is not None:
+            if entry is None:
+                cold.append(msg.bet_id)
+            else:
                 m = entry.state
                 if m.event_id is None or msg.bet_id in m.bets:
                     continue  # the round answers: not found, or a replay
@@ -171,24 +176,13 @@ class MarketKind(EntityKind[Market]):
             to_reserve.append(op)
         if not to_reserve:
             return
-        # An activated market knows its own bets; a bet id used on another market is
-        # caught by the bets' primary key (a careful round then refuses it). A market
-        # still to be activated must not reserve again for a bet it already holds.
-        cold = [op.message.bet_id for op in to_reserve if op.entity_id not in self.host.entities]
         known = {}
         if cold:
             async with self.host.pool.acquire() as conn:
-                known = {
-                    r["id"]: r["market_id"]
-                    for r in await conn.fetch(
-                        "select id::text, market_id::text from bets.bets "
-                        "where id = any($1::uuid[])",
-                        cold,
-                    )
-                }
+                known = await _stored_bets(conn, cold)
         if known:
             for op in to_reserve:
-                market_id = known.get(op.message.bet_id)
+                market_id, _ = known.get(op.message.bet_id, (None, None))
                 if market_id == op.entity_id:
                     op.prepared = "known"  # a replay: the round answers the bet as it is
                 elif market_id is not None:
@@ -221,16 +215,10 @@ class MarketKind(EntityKind[Market]):
         """In a careful round (a bet id of the last one was stored already), look up
         which of the round's bet ids are stored, and where."""
         careful, self.careful = self.careful, False
-        self.stored = {}
-        if not careful:
-            return
-        ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
-        for r in await conn.fetch(
-            "select id::text, market_id::text, user_id::text from bets.bets "
-            "where id = any($1::uuid[])",
-            ids,
-        ):
-            self.stored[r["id"]] = (r["market_id"], r["user_id"])
+        self.stored_bets = {}
+        if careful:
+            ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
+            self.stored_bets = await _stored_bets(conn, ids)
 
     def _check_bet(self, m: Market, msg: PlaceBet) -> int | None:
         """The price the bet would be accepted at now, or the reason it is refused."""
@@ -320,7 +308,7 @@ class MarketKind(EntityKind[Market]):
             raise op.prepared
         if op.prepared != "reserved":  # not prepared: the market did not exist then
             raise Conflict("the bet was not prepared; retry")
-        elsewhere = self.stored.get(msg.bet_id)
+        elsewhere = self.stored_bets.get(msg.bet_id)
         if elsewhere is not None:
             if elsewhere[1] != msg.user_id:  # the reservation is this message's own
                 round_.writes.append(("release", m.id, msg.user_id, msg.bet_id))
@@ -795,6 +783,15 @@ class MarketKind(EntityKind[Market]):
             return await super().query(name, args)
         async with self.host.pool.acquire() as conn:
             return await handler(conn, **args)
+
+
+async def _stored_bets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """bet id -> (market id, user id) of those of `ids` that are stored."""
+    rows = await conn.fetch(
+        "select id::text, market_id::text, user_id::text from bets.bets where id = any($1::uuid[])",
+        ids,
+    )
+    return {r["id"]: (r["market_id"], r["user_id"]) for r in rows}
 
 
 def _refused_before(bet_id: str) -> IdempotencyConflict:

@@ -74,11 +74,6 @@ class FixedOddsModel:
         weights = {
             k: max(_MIN_WEIGHT, base[k] + (liability[k] - offset[k]) / depth) for k in self.keys
         }
-        # The usual case, priced once per bet: no selection pushed to the shortest price.
-        total = sum(weights.values())
-        probs = [self.overround * w / total for w in weights.values()]
-        if max(probs) <= _CAP:
-            return {k: _snap_down(1 / q) for k, q in zip(weights, probs, strict=True)}
         return {k: _snap_down(1 / q) for k, q in _capped(weights, self.overround).items()}
 
     def to_json(self) -> dict:
@@ -101,14 +96,14 @@ def _capped(weights: dict[str, float], overround: float) -> dict[str, float]:
     spread over the others by weight, so the book's overround holds."""
     cap = _CAP
     capped: dict[str, float] = {}
+    free = weights  # the usual case (priced once per bet): one pass, nothing capped
     while True:
-        free = {k: w for k, w in weights.items() if k not in capped}
         left = overround - cap * len(capped)
         total = sum(free.values())
         probs = {k: left * w / total for k, w in free.items()} if total > 0 else {}
         over = [k for k, q in probs.items() if q > cap]
         if not over:
-            return {**probs, **capped}
+            return {**probs, **capped} if capped else probs
         if len(capped) + len(over) == len(weights):  # every price at the floor
             return {
                 **capped,
@@ -117,6 +112,7 @@ def _capped(weights: dict[str, float], overround: float) -> dict[str, float]:
             }
         for k in over:
             capped[k] = cap
+        free = {k: w for k, w in weights.items() if k not in capped}
 
 
 def pool_odds(stakes: dict[str, int], takeout_bp: int) -> dict[str, int | None]:
