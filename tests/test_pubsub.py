@@ -110,8 +110,8 @@ def test_publishers_drop_unsubscribed_topics_but_never_a_joined_one(
 def test_a_publisher_in_use_keeps_dropping_unwanted_events_between_sparse_rounds(
     ray_cluster, run, settings
 ) -> None:
-    """A market's rounds may come far apart; a publisher in use keeps watching the
-    topic set, so it does not send what nobody wants."""
+    """A market's rounds may come far apart; between them, a publisher in use still
+    sends nothing that nobody wants (dropped when published, or at the flush)."""
 
     async def main() -> None:
         pub = Publisher(settings.namespace)
@@ -149,6 +149,24 @@ def test_a_new_subscription_waits_until_every_watching_publisher_knows_it(
         await handle.watch.remote(laggard, epoch, newer)  # acknowledges it
         await asyncio.wait_for(joining, timeout=5)
         await handle.unwatch.remote(laggard)
+        await sub.close()
+
+    run(main())
+
+
+def test_a_publisher_in_use_acknowledges_a_new_topic_at_once(ray_cluster, run, settings) -> None:
+    """A publisher in use keeps a watch open, so a join waits for its acknowledgement,
+    not for its lease to run out."""
+
+    async def main() -> None:
+        pub = Publisher(settings.namespace)
+        pub.publish(f"user:{uuid.uuid4()}", "balance", {})  # in use: it watches
+        await pub.drain()
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        start = time.monotonic()
+        await sub.subscribe(f"user:{uuid.uuid4()}", print)
+        assert time.monotonic() - start < pubsub.LEASE_S / 2
         await sub.close()
 
     run(main())
