@@ -194,6 +194,7 @@ class Market:
         "exposure",
         "odds",
         "bets",
+        "unstaked",
         "settled_at",
     )
 
@@ -203,6 +204,8 @@ class Market:
         self.version = 0
         self.stored_version = -1
         self.bets: dict[str, Bet] = {}
+        # Ids of the bets whose stake is still reserved (see migration 0006).
+        self.unstaked: set[str] = set()
         self.exposure: dict[str, int] = {}  # fixed odds: liability; pool: stakes
         self.odds: dict[str, int | None] = {}
         self.model: pricing.FixedOddsModel | None = None
@@ -253,7 +256,10 @@ def to_epoch(value: datetime | None) -> float | None:
 
 
 class Recover(NamedTuple):
-    """Internal: resend the money moves of this market's unfinished bets."""
+    """Internal: resend the money moves of this market's unfinished bets (only those
+    of its unstaked bets with `stakes_only`)."""
+
+    stakes_only: bool = False
 
 
 def pricing_json(m: Market) -> dict:

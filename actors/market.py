@@ -138,6 +138,8 @@ class MarketKind(EntityKind[Market]):
                 to_epoch(r["settled_at"]),
             )
             m.bets[bet.id] = bet
+            if bet.stake == "reserved":
+                m.unstaked.add(bet.id)
             if bet.status in ("accepted", "won", "lost"):  # bets that stood keep their exposure
                 m.add_exposure(bet, +1)
         for m in markets.values():
@@ -267,13 +269,7 @@ class MarketKind(EntityKind[Market]):
         if isinstance(msg, MoneyMoved):
             return self._money_moved(m, msg, round_)
         if isinstance(msg, Recover):
-            unfinished = [
-                b
-                for b in m.bets.values()
-                if (b.stake == "reserved" or b.payout_state == "owed") and b.id not in self.moving
-            ]
-            round_.writes.append(("recover", m.id, unfinished))
-            return len(unfinished)
+            return self._recover(m, msg.stakes_only, round_)
         raise InvalidInput(f"unknown market message {type(msg).__name__}")
 
     def _create(self, m: Market, msg: CreateMarket, round_: Round) -> dict:
@@ -321,6 +317,7 @@ class MarketKind(EntityKind[Market]):
         potential = None if m.type == "pool" else pricing.fixed_payout(msg.amount, price)
         bet = Bet(msg.bet_id, msg.user_id, msg.selection, msg.amount, price, potential)
         m.bets[bet.id] = bet
+        m.unstaked.add(bet.id)
         m.add_exposure(bet, +1)
         m.reprice()
         round_.writes.append(("bet_new", m.id, bet, op))
@@ -425,15 +422,36 @@ class MarketKind(EntityKind[Market]):
         self._touch(m, round_, "status_changed")
         return m.view()
 
+    def _recover(self, m: Market, stakes_only: bool, round_: Round) -> int:
+        """Resend the money moves that a crash or a failed call left half-way: those of
+        bets unfinished for `RECOVERY_AGE_S` and not moving now."""
+        due = time.time() - RECOVERY_AGE_S
+        unfinished = [b for b in map(m.bets.__getitem__, m.unstaked) if b.placed_at < due]
+        if not stakes_only:
+            unfinished += [
+                b
+                for b in m.bets.values()
+                if b.payout_state == "owed"
+                and b.stake != "reserved"
+                and (b.settled_at or b.placed_at) < due
+            ]
+        unfinished = [b for b in unfinished if b.id not in self.moving]
+        round_.writes.append(("recover", m.id, unfinished))
+        if stakes_only and not m.unstaked:  # the stored count ran high: set it right
+            self._touch(m, round_, "stakes")
+        return len(unfinished)
+
     def _money_moved(self, m: Market, msg: MoneyMoved, round_: Round) -> None:
         for bet_id in msg.staked:
             bet = m.bets[bet_id]
             if bet.stake == "reserved":
                 bet.stake = "committed"
+                m.unstaked.discard(bet_id)
                 round_.writes.append(("bet_staked", m.id, bet))
         for bet_id in msg.returned:
             bet = m.bets[bet_id]
             if bet.stake == "reserved":  # the reservation ended first: the bet never stood
+                m.unstaked.discard(bet_id)
                 if bet.status in ("accepted", "won", "lost"):
                     m.add_exposure(bet, -1)
                     m.reprice()
@@ -477,8 +495,8 @@ class MarketKind(EntityKind[Market]):
         for m in fresh:
             await conn.execute(
                 "insert into bets.markets (id, event_id, shard, name, type, status, selections, "
-                "pricing, odds, min_stake, max_stake, max_payout, version) "
-                "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "pricing, odds, min_stake, max_stake, max_payout, version, unstaked) "
+                "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 m.id,
                 m.event_id,
                 shard_of(m.id, shards),
@@ -492,6 +510,7 @@ class MarketKind(EntityKind[Market]):
                 m.max_stake,
                 m.max_payout,
                 m.version,
+                len(m.unstaked),
             )
         if new_bets:
             try:
@@ -545,10 +564,11 @@ class MarketKind(EntityKind[Market]):
             status = await conn.execute(
                 "update bets.markets m set status = u.status, pricing = u.pricing, "
                 "odds = u.odds, winner = u.winner, version = u.version, "
-                "settled_at = u.settled_at "
+                "settled_at = u.settled_at, unstaked = u.unstaked "
                 "from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], "
-                "$6::bigint[], $7::timestamptz[], $8::bigint[]) "
-                "as u(id, status, pricing, odds, winner, version, settled_at, stored_version) "
+                "$6::bigint[], $7::timestamptz[], $8::bigint[], $9::int[]) "
+                "as u(id, status, pricing, odds, winner, version, settled_at, stored_version, "
+                "unstaked) "
                 "where m.id = u.id and m.version = u.stored_version",
                 [m.id for m in stored],
                 [m.status for m in stored],
@@ -558,10 +578,14 @@ class MarketKind(EntityKind[Market]):
                 [m.version for m in stored],
                 [to_datetime(m.settled_at) for m in stored],
                 [m.stored_version for m in stored],
+                [len(m.unstaked) for m in stored],
             )
             check_versioned_update(status, len(stored), "market")
 
-        changes = {write[1]: write[3] for write in round_.writes if write[0] == "market"}
+        changes: dict[str, str] = {}
+        for write in round_.writes:
+            if write[0] == "market" and (write[3] != "stakes" or write[1] not in changes):
+                changes[write[1]] = write[3]
         settled = [b for s in settles for b in s[3]] + [
             b for b in updated.values() if b.status in ("won", "lost", "void", "cancelled")
         ]
@@ -622,8 +646,8 @@ class MarketKind(EntityKind[Market]):
         wants = self.host.publisher.wants
         for market_id, m in markets.items():
             topic = f"event:{m.event_id}"
-            if not wants(topic):
-                continue
+            if changes.get(market_id) == "stakes" or not wants(topic):
+                continue  # a count for recovery is no news
             if changes.get(market_id) == "status_changed":
                 publish(
                     topic,
@@ -759,19 +783,27 @@ class MarketKind(EntityKind[Market]):
 
     async def tick(self) -> None:
         """Recovery: finish the money of bets a crash left half-way."""
+        owned = list(self.host.owned)
         async with self.host.pool.acquire() as conn:
-            rows = await conn.fetch(
+            owing = await conn.fetch(
                 "select distinct b.market_id::text as id from bets.bets b "
                 "join bets.markets m on m.id = b.market_id "
-                "where (b.stake = 'reserved' or b.payout_state = 'owed') "
-                "and m.shard = any($1::int[]) "
+                "where b.payout_state = 'owed' and m.shard = any($1::int[]) "
                 "and coalesce(b.settled_at, b.placed_at) < now() - make_interval(secs => $2) "
                 "limit 100",
-                list(self.host.owned),
+                owned,
                 RECOVERY_AGE_S,
             )
-        for r in rows:
-            self.host.submit(r["id"], Recover()).add_done_callback(w._ignore_outcome)
+            staking = await conn.fetch(
+                "select id::text from bets.markets where unstaked > 0 and shard = any($1::int[]) "
+                "limit 100",
+                owned,
+            )
+        recover = {r["id"]: Recover() for r in owing}
+        for r in staking:
+            recover.setdefault(r["id"], Recover(stakes_only=True))
+        for market_id, message in recover.items():
+            self.host.submit(market_id, message).add_done_callback(w._ignore_outcome)
 
     # -- reads that need no entity ---------------------------------------------------
 
