@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from . import pricing
 from .errors import InvalidInput
 from .money import check_amount, parse_odds
+from .wire import plain
 
 ACCEPT_POLICIES = ("exact", "higher", "any")
 TRANSITIONS = {
@@ -25,6 +26,7 @@ TRANSITIONS = {
 # -- messages --------------------------------------------------------------------
 
 
+@plain
 class CreateMarket(NamedTuple):
     event_id: str
     name: str
@@ -37,22 +39,27 @@ class CreateMarket(NamedTuple):
     overround: float | None = None
 
 
+@plain
 class GetMarket(NamedTuple):
     pass
 
 
+@plain
 class Transition(NamedTuple):
     action: str
 
 
+@plain
 class SetOdds(NamedTuple):
     odds: tuple[tuple[str, int], ...]
 
 
+@plain
 class Settle(NamedTuple):
     winner: str
 
 
+@plain
 class PlaceBet(NamedTuple):
     bet_id: str
     user_id: str
@@ -62,11 +69,13 @@ class PlaceBet(NamedTuple):
     accept: str
 
 
+@plain
 class CancelBet(NamedTuple):
     bet_id: str
     user_id: str
 
 
+@plain
 class MoneyMoved(NamedTuple):
     """Internal: record that `finish` (or recovery) moved these bets' money."""
 
@@ -141,6 +150,7 @@ class Bet:
         return self.record(market_id).view()
 
 
+@plain
 class BetRecord(NamedTuple):
     """A bet as the market answers it: plain values, cheap to send between processes
     (decimals and aware datetimes cost more to pickle than the rest of the answer).
@@ -255,6 +265,7 @@ def to_epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
+@plain
 class Recover(NamedTuple):
     """Internal: resend the money moves of this market's unfinished bets (only those
     of its unstaked bets with `stakes_only`)."""

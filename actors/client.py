@@ -26,14 +26,8 @@ from . import wallet as w
 from .config import RuntimeSettings, service_dsn, use_ray_token_auth
 from .errors import InvalidInput, LootifyError, Unavailable
 from .money import check_amount, parse_odds
-from .runtime import (
-    WrongHost,
-    canonical_id,
-    decode_outcomes,
-    encode_batch,
-    host_handles,
-    shard_of,
-)
+from .runtime import WrongHost, canonical_id, host_handles, shard_of
+from .wire import decode_outcomes, encode_batch
 
 T = TypeVar("T")
 _HOST_DOWN = (RayActorError, ActorDiedError, ActorUnavailableError)

@@ -27,7 +27,6 @@ import gc
 import hashlib
 import logging
 import os
-import pickle
 import re
 import time
 import uuid
@@ -41,6 +40,7 @@ import ray
 from .config import RuntimeSettings
 from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable
 from .pubsub import get_publisher, pubsub_handle
+from .wire import decode_batch, encode_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,6 @@ def canonical_id(value: object, *, field_name: str = "id") -> str:
         return str(uuid.UUID(str(value)))
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidInput(f"{field_name} must be a UUID", field=field_name) from exc
-
-
-def encode_batch(batch: list[tuple[str, Any]]) -> bytes:
-    """A batch of `(entity_id, message)` as one `EntityHost.call` argument. Plain pickle,
-    not Ray's cloudpickle: messages are module-level types, and cloudpickle's per-object
-    hook cost more CPU than the rest of a bet's path in the host."""
-    return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def decode_outcomes(payload: bytes) -> list[tuple[bool, Any]]:
-    """`EntityHost.call`'s answer: `(ok, result|error)` per message, in order."""
-    return pickle.loads(payload)
 
 
 class StaleActivation(RuntimeError):
@@ -290,12 +278,10 @@ class EntityHost:
     # -- the Ray API -------------------------------------------------------------
 
     async def call(self, payload: bytes) -> bytes:
-        """Deliver a batch of `(entity_id, message)` (`encode_batch`); answer each
-        `(ok, result|error)` in the same order (`decode_outcomes`), once its effects
+        """Deliver a batch of `(entity_id, message)` (`wire.encode_batch`); answer each
+        `(ok, result|error)` in the same order (`wire.decode_outcomes`), once its effects
         are committed."""
-        return pickle.dumps(
-            await self._deliver(pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL
-        )
+        return encode_outcomes(await self._deliver(decode_batch(payload)))
 
     async def _deliver(self, batch: list[tuple[str, Any]]) -> list[tuple[bool, Any]]:
         await self._ready()

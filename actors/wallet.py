@@ -36,6 +36,7 @@ from .errors import (
 )
 from .money import check_amount, format_amount
 from .runtime import EntityKind, Op, RetryRound, Round, check_versioned_update, shard_of
+from .wire import plain
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 # Resolutions of a reservation share one key; "/" cannot occur in a reference id,
@@ -55,6 +56,7 @@ LISTED_KINDS = {
 }
 
 
+@plain
 class Balance(NamedTuple):
     balance: int
     available: int
@@ -64,10 +66,12 @@ class Balance(NamedTuple):
 # -- messages --------------------------------------------------------------------
 
 
+@plain
 class GetBalance(NamedTuple):
     pass
 
 
+@plain
 class Deposit(NamedTuple):
     amount: int
     reference_id: str
@@ -77,6 +81,7 @@ class Deposit(NamedTuple):
         return f"deposit|{self.amount}"
 
 
+@plain
 class Withdraw(NamedTuple):
     amount: int
     reference_id: str
@@ -85,6 +90,7 @@ class Withdraw(NamedTuple):
         return f"withdraw|{self.amount}"
 
 
+@plain
 class Reserve(NamedTuple):
     amount: int
     reference_id: str
@@ -98,6 +104,7 @@ class Reserve(NamedTuple):
         return f"reserve|{self.amount}|{self.timeout_s}"
 
 
+@plain
 class Commit(NamedTuple):
     reference_id: str
     amount: int | None = None  # None commits the whole reservation
@@ -107,6 +114,7 @@ class Commit(NamedTuple):
         return f"commit|{self.amount}|{self.target}"
 
 
+@plain
 class Release(NamedTuple):
     reference_id: str
 
@@ -114,6 +122,7 @@ class Release(NamedTuple):
         return "release"
 
 
+@plain
 class Credit(NamedTuple):
     amount: int
     reference_id: str
@@ -124,6 +133,7 @@ class Credit(NamedTuple):
         return f"credit|{self.amount}|{self.source}|{self.kind}"
 
 
+@plain
 class Expire(NamedTuple):
     reference_id: str
 

@@ -20,8 +20,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.errors import LootifyError, Unavailable
-from actors.runtime import decode_outcomes, encode_batch, host_name
+from actors.runtime import host_name
 from actors.wallet import Balance, GetBalance
+from actors.wire import decode_outcomes, encode_batch
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster

@@ -34,8 +34,8 @@ from actors.errors import (
     ReservationResolved,
 )
 from actors.money import MAX_AMOUNT
-from actors.runtime import decode_outcomes, encode_batch
 from actors.wallet import MAX_TIMEOUT_S, Balance, Deposit
+from actors.wire import decode_outcomes, encode_batch
 from tests.polling import wait_until
 
 # -- helpers -----------------------------------------------------------------------
@@ -800,7 +800,8 @@ def test_entity_crash_fails_only_that_call_and_rebuilds_from_postgres(aio, run, 
     async def deliver(batch: list[tuple[str, Any]]) -> list[Any]:
         # Straight to the host, pickled by value: `ExplodingAmount` lives in this test
         # module, which the host cannot import (the router sends plain pickle).
-        outcomes = decode_outcomes(await handle.call.remote(ray.cloudpickle.dumps(batch)))
+        payload = encode_batch(batch, dumps=ray.cloudpickle.dumps)
+        outcomes = decode_outcomes(await handle.call.remote(payload))
         return [value for _, value in outcomes]
 
     # A valid-looking amount whose arithmetic blows up inside the handler.
