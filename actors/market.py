@@ -81,6 +81,8 @@ class MarketKind(EntityKind[Market]):
         self.moving: set[str] = set()
         # In a careful round: the round's bet ids stored already (see `prepare`).
         self.stored_bets: dict[str, tuple[str, str]] = {}
+        # The round's clock: the bets a round takes share their time of placing.
+        self.now = time.time()
 
     async def wallets(self) -> Any:
         """The wallet router of this host process (created on first use)."""
@@ -218,6 +220,7 @@ class MarketKind(EntityKind[Market]):
         which of the round's bet ids are stored, and where."""
         careful, self.careful = self.careful, False
         self.stored_bets = {}
+        self.now = time.time()
         if careful:
             ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
             self.stored_bets = await _stored_bets(conn, ids)
@@ -315,7 +318,9 @@ class MarketKind(EntityKind[Market]):
             round_.writes.append(("release", m.id, msg.user_id, msg.bet_id))
             raise
         potential = None if m.type == "pool" else pricing.fixed_payout(msg.amount, price)
-        bet = Bet(msg.bet_id, msg.user_id, msg.selection, msg.amount, price, potential)
+        bet = Bet(
+            msg.bet_id, msg.user_id, msg.selection, msg.amount, price, potential, placed_at=self.now
+        )
         m.bets[bet.id] = bet
         m.unstaked.add(bet.id)
         m.add_exposure(bet, +1)
@@ -601,6 +606,7 @@ class MarketKind(EntityKind[Market]):
     async def _insert_bets(
         conn: asyncpg.Connection, bets: list[Bet], bet_market: dict[str, str]
     ) -> None:
+        stamps = {t: to_datetime(t) for t in {b.placed_at for b in bets}}  # mostly one
         await conn.copy_records_to_table(
             "bets",
             schema_name="bets",
@@ -631,7 +637,7 @@ class MarketKind(EntityKind[Market]):
                     b.payout,
                     b.stake,
                     b.payout_state,
-                    to_datetime(b.placed_at),
+                    stamps[b.placed_at],
                 )
                 for b in bets
             ],

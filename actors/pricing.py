@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 
 MIN_ODDS = 101
 MAX_ODDS = 100_000
@@ -32,14 +33,20 @@ def odds_to_x100(odds: Decimal) -> int:
     return int(odds * 100)
 
 
+@cache  # the ladder is finite, and every bet's view asks
 def x100_to_odds(x100: int | None) -> Decimal | None:
     return None if x100 is None else Decimal(x100).scaleb(-2)
 
 
+# The tolerance is relative: long odds come from small differences of probabilities,
+# whose float error grows with the odds.
+_SNAP_TOLERANCE = 1 + 1e-9
+
+
 def _snap_down(odds: float) -> int:
-    # The tolerance is relative: long odds come from small differences of
-    # probabilities, whose float error grows with the odds.
-    return max(MIN_ODDS, min(MAX_ODDS, int(odds * 100 * (1 + 1e-9))))
+    # Comparisons, not min/max: this runs for every selection of every bet.
+    x100 = int(odds * 100 * _SNAP_TOLERANCE)
+    return MIN_ODDS if x100 < MIN_ODDS else MAX_ODDS if x100 > MAX_ODDS else x100
 
 
 @dataclass
@@ -71,9 +78,10 @@ class FixedOddsModel:
 
     def price(self, liability: dict[str, int]) -> dict[str, int]:
         base, offset, depth = self.base, self.offset, self.depth
-        weights = {
-            k: max(_MIN_WEIGHT, base[k] + (liability[k] - offset[k]) / depth) for k in self.keys
-        }
+        weights = {}
+        for k in self.keys:
+            w = base[k] + (liability[k] - offset[k]) / depth
+            weights[k] = w if w > _MIN_WEIGHT else _MIN_WEIGHT
         return {k: _snap_down(1 / q) for k, q in _capped(weights, self.overround).items()}
 
     def to_json(self) -> dict:
