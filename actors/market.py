@@ -587,10 +587,12 @@ class MarketKind(EntityKind[Market]):
             )
             check_versioned_update(status, len(stored), "market")
 
-        changes: dict[str, str] = {}
-        for write in round_.writes:
-            if write[0] == "market" and (write[3] != "stakes" or write[1] not in changes):
-                changes[write[1]] = write[3]
+        # A market rewritten only for its count of unstaked bets has no news.
+        changes = {
+            write[1]: write[3]
+            for write in round_.writes
+            if write[0] == "market" and write[3] != "stakes"
+        }
         settled = [b for s in settles for b in s[3]] + [
             b for b in updated.values() if b.status in ("won", "lost", "void", "cancelled")
         ]
@@ -651,10 +653,11 @@ class MarketKind(EntityKind[Market]):
         publish = self.host.publisher.publish
         wants = self.host.publisher.wants
         for market_id, m in markets.items():
+            change = changes.get(market_id)
             topic = f"event:{m.event_id}"
-            if changes.get(market_id) == "stakes" or not wants(topic):
-                continue  # a count for recovery is no news
-            if changes.get(market_id) == "status_changed":
+            if change is None or not wants(topic):
+                continue
+            if change == "status_changed":
                 publish(
                     topic,
                     "status_changed",
