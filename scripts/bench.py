@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -254,6 +255,7 @@ def main() -> int:
             ray.shutdown()
         if pg_dir is not None:
             pgserver.stop(pg_dir)
+            shutil.rmtree(pg_dir, ignore_errors=True)  # a run writes over a gigabyte
 
     width = max(len(k) for k in results)
     for key, value in results.items():
