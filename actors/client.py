@@ -11,7 +11,6 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
@@ -26,7 +25,7 @@ from . import wallet as w
 from .config import RuntimeSettings, service_dsn, use_ray_token_auth
 from .errors import InvalidInput, LootifyError, Unavailable
 from .money import check_amount, parse_odds
-from .runtime import WrongHost, canonical_id, host_handles, shard_of
+from .runtime import WrongHost, canonical_id, host_handles, new_id, shard_of
 from .wire import decode_outcomes, encode_batch
 
 T = TypeVar("T")
@@ -343,7 +342,7 @@ class AsyncLootify:
             max_stake,
             max_payout,
         )
-        return await self.routers["markets"].call(str(uuid.uuid4()), message)
+        return await self.routers["markets"].call(new_id(), message)
 
     async def place_bet(
         self,
@@ -361,7 +360,7 @@ class AsyncLootify:
         if accept not in book.ACCEPT_POLICIES:
             raise InvalidInput("accept_odds must be exact, higher or any", field="accept_odds")
         message = m.PlaceBet(
-            canonical_id(bet_id, field_name="bet_id") if bet_id else str(uuid.uuid4()),
+            canonical_id(bet_id, field_name="bet_id") if bet_id else new_id(),
             uid,
             _text(selection, "selection"),
             check_amount(amount),

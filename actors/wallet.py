@@ -20,8 +20,10 @@ every open reservation.
 from __future__ import annotations
 
 import re
+import string
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -35,7 +37,15 @@ from .errors import (
     ReservationResolved,
 )
 from .money import check_amount, format_amount
-from .runtime import EntityKind, Op, RetryRound, Round, check_versioned_update, shard_of
+from .runtime import (
+    EntityKind,
+    Op,
+    RetryRound,
+    Round,
+    check_versioned_update,
+    random_uuids,
+    shard_of,
+)
 from .wire import plain
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -45,6 +55,7 @@ RESOLVE = "resolve/"
 RECENT_RESULTS = 100_000
 _ACCOUNT = re.compile(r"^(house|external|market:[0-9a-f-]{36})$")
 _REFERENCE = re.compile(r"^[\w:.\-]{1,200}$")
+_REFERENCE_ASCII = (string.ascii_letters + string.digits + "_:.-").encode()
 
 # Operation kinds that change `balance`, named as the transactions listing names them.
 LISTED_KINDS = {
@@ -143,38 +154,74 @@ class Expire(NamedTuple):
 
 # Messages that resolve a reservation; they share its one key (see RESOLVE).
 _RESOLUTIONS = frozenset({Commit, Release, Expire})
-_AMOUNTED = frozenset({Deposit, Withdraw, Reserve, Credit})
 
 
 def validate(message: Any) -> Any:
     """Check a message's arguments at the caller, before anything is sent."""
-    if hasattr(message, "reference_id") and (
-        not isinstance(message.reference_id, str) or not _REFERENCE.fullmatch(message.reference_id)
-    ):
+    check = _CHECKS.get(type(message))
+    if check is None:  # a subclass is checked as its base; anything else is refused later
+        check = next((c for kind, c in _CHECKS.items() if isinstance(message, kind)), None)
+    if check is not None:
+        check(message)
+    return message
+
+
+def _check_reference(message: Any) -> None:
+    ref = message.reference_id
+    if not isinstance(ref, str) or not 0 < len(ref) <= 200 or not _is_reference(ref):
         raise InvalidInput(
             "reference_id must be 1-200 letters, digits or :._-", field="reference_id"
         )
-    kind = type(message)
-    if kind in _AMOUNTED:
+
+
+def _is_reference(ref: str) -> bool:
+    if ref.isascii():  # the usual case, checked without the (much slower) pattern
+        return not ref.encode().translate(None, _REFERENCE_ASCII)
+    return _REFERENCE.fullmatch(ref) is not None
+
+
+def _check_amounted(message: Any) -> None:
+    _check_reference(message)
+    check_amount(message.amount)
+
+
+def _check_reserve(message: Reserve) -> None:
+    _check_amounted(message)
+    t = message.timeout_s
+    if t is not None and (
+        isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_TIMEOUT_S
+    ):
+        raise InvalidInput("timeout_s must be a positive number of seconds", field="timeout_s")
+
+
+def _check_commit(message: Commit) -> None:
+    _check_reference(message)
+    if message.amount is not None:
         check_amount(message.amount)
-    if kind is Reserve and message.timeout_s is not None:
-        t = message.timeout_s
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_TIMEOUT_S:
-            raise InvalidInput("timeout_s must be a positive number of seconds", field="timeout_s")
-    if kind is Commit:
-        if message.amount is not None:
-            check_amount(message.amount)
-        _check_account(message.target)
-    if kind is Credit:
-        _check_account(message.source)
-        if message.kind not in ("payout", "bet_refund"):
-            raise InvalidInput("credit kind must be payout or bet_refund", field="kind")
-    return message
+    _check_account(message.target)
+
+
+def _check_credit(message: Credit) -> None:
+    _check_amounted(message)
+    _check_account(message.source)
+    if message.kind not in ("payout", "bet_refund"):
+        raise InvalidInput("credit kind must be payout or bet_refund", field="kind")
 
 
 def _check_account(account: object) -> None:
     if not isinstance(account, str) or not _ACCOUNT.match(account):
         raise InvalidInput("account must be house, external or market:<id>", field="account")
+
+
+_CHECKS: dict[type, Callable[[Any], None]] = {
+    Deposit: _check_amounted,
+    Withdraw: _check_amounted,
+    Reserve: _check_reserve,
+    Commit: _check_commit,
+    Release: _check_reference,
+    Expire: _check_reference,
+    Credit: _check_credit,
+}
 
 
 # -- state -----------------------------------------------------------------------
@@ -448,6 +495,7 @@ class WalletKind(EntityKind[Wallet]):
                 "operations",
                 schema_name="wallets",
                 columns=[
+                    "id",
                     "wallet_id",
                     "op_key",
                     "seq",
@@ -460,6 +508,7 @@ class WalletKind(EntityKind[Wallet]):
                 ],
                 records=[
                     (
+                        op_id,
                         x.wallet.id,
                         x.op_key,
                         x.seq,
@@ -470,7 +519,7 @@ class WalletKind(EntityKind[Wallet]):
                         x.done.available,
                         x.done.reserved,
                     )
-                    for x in writes
+                    for op_id, x in zip(random_uuids(len(writes)), writes, strict=True)
                 ],
             )
         except asyncpg.UniqueViolationError as exc:
