@@ -76,16 +76,33 @@ class Router:
 
     def call(self, entity_id: str, message: Any) -> asyncio.Future:
         """Queue one message; the future resolves to its result or raises its error."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
+        self._queue(entity_id, message, future)
+        return future
+
+    def call_many(self, calls: list[tuple[str, Any]]) -> asyncio.Future:
+        """Queue messages to many entities at once; the future resolves to their
+        outcomes in order, each `(True, result)` or `(False, error)`. Cheaper than
+        gathering one future per message, which a host does for every bet."""
+        future = asyncio.get_running_loop().create_future()
+        if not calls:
+            future.set_result([])
+            return future
+        gathered = _Gathered(len(calls), future)
+        for index, (entity_id, message) in enumerate(calls):
+            self._queue(entity_id, message, _Slot(gathered, index))
+        return future
+
+    def _queue(self, entity_id: str, message: Any, future: Any) -> None:
         host = self.host_of(entity_id)
         buffer = self.buffers.setdefault(host, [])
         buffer.append((entity_id, message, future))
         if len(buffer) >= self.max_batch or self.window == 0:
             self._flush(host)
         elif host not in self.timers:
-            self.timers[host] = loop.call_later(self.window, self._flush, host)
-        return future
+            self.timers[host] = asyncio.get_running_loop().call_later(
+                self.window, self._flush, host
+            )
 
     def _flush(self, host: int) -> None:
         timer = self.timers.pop(host, None)
@@ -137,6 +154,48 @@ class Router:
     async def _refresh_directory(self) -> None:
         self.directory = await self.handles[0].directory_view.remote()
         self._hosts.clear()
+
+
+class _Gathered:
+    """The outcomes of one `call_many`, resolved together once all are in."""
+
+    __slots__ = ("outcomes", "missing", "future")
+
+    def __init__(self, count: int, future: asyncio.Future) -> None:
+        self.outcomes: list[tuple[bool, Any] | None] = [None] * count
+        self.missing = count
+        self.future = future
+
+    def settle(self, index: int, outcome: tuple[bool, Any]) -> None:
+        self.outcomes[index] = outcome
+        self.missing -= 1
+        if self.missing == 0 and not self.future.done():
+            self.future.set_result(self.outcomes)
+
+
+class _Slot:
+    """One message's place in a `call_many`; the router settles it like a future."""
+
+    __slots__ = ("gathered", "index", "settled")
+
+    def __init__(self, gathered: _Gathered, index: int) -> None:
+        self.gathered = gathered
+        self.index = index
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, value: Any) -> None:
+        self._settle((True, value))
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle((False, error))
+
+    def _settle(self, outcome: tuple[bool, Any]) -> None:
+        if not self.settled:
+            self.settled = True
+            self.gathered.settle(self.index, outcome)
 
 
 def _fail(batch: list[tuple[str, Any, asyncio.Future]], error: LootifyError) -> None:

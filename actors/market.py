@@ -195,25 +195,25 @@ class MarketKind(EntityKind[Market]):
                     )
             to_reserve = [op for op in to_reserve if op.prepared is None]
         router = await self.wallets()
-        results = await asyncio.gather(
-            *(
-                router.call(
+        timeout = self.host.settings.reservation_timeout_s
+        outcomes = await router.call_many(
+            [
+                (
                     op.message.user_id,
                     w.Reserve(
-                        op.message.amount,
-                        _stake_ref(op.message.bet_id),
-                        self.host.settings.reservation_timeout_s,
-                        confirm_held=True,
+                        op.message.amount, _stake_ref(op.message.bet_id), timeout, confirm_held=True
                     ),
                 )
                 for op in to_reserve
-            ),
-            return_exceptions=True,
+            ]
         )
-        for op, result in zip(to_reserve, results, strict=True):
-            if isinstance(result, ReservationResolved):
-                result = _refused_before(op.message.bet_id)
-            op.prepared = result if isinstance(result, BaseException) else "reserved"
+        for op, (ok, result) in zip(to_reserve, outcomes, strict=True):
+            if ok:
+                op.prepared = "reserved"
+            elif isinstance(result, ReservationResolved):
+                op.prepared = _refused_before(op.message.bet_id)
+            else:
+                op.prepared = result
 
     async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
         """In a careful round (a bet id of the last one was stored already), look up
@@ -739,16 +739,15 @@ class MarketKind(EntityKind[Market]):
             lambda: {"staked": [], "returned": [], "paid": []}
         )
         items = list(stakes.values())
-        outcomes = await asyncio.gather(
-            *(
-                router.call(bet.user_id, w.Commit(_stake_ref(bet.id), None, f"market:{mid}"))
+        outcomes = await router.call_many(
+            [
+                (bet.user_id, w.Commit(_stake_ref(bet.id), None, f"market:{mid}"))
                 for mid, bet in items
-            ),
-            *(router.call(uid, w.Release(_stake_ref(bet_id))) for uid, bet_id in releases),
-            return_exceptions=True,
+            ]
+            + [(uid, w.Release(_stake_ref(bet_id))) for uid, bet_id in releases]
         )
-        for (mid, bet), outcome in zip(items, outcomes, strict=False):
-            if not isinstance(outcome, BaseException):
+        for (mid, bet), (ok, outcome) in zip(items, outcomes, strict=False):
+            if ok:
                 moved[mid]["staked"].append(bet.id)
             elif isinstance(outcome, (ReservationResolved, NotFound)):
                 moved[mid]["returned"].append(bet.id)
@@ -761,9 +760,9 @@ class MarketKind(EntityKind[Market]):
             for mid, bet in pays.values()
             if bet.id not in returned and (bet.stake == "committed" or bet.id in stakes)
         ]
-        credits = await asyncio.gather(
-            *(
-                router.call(
+        credits = await router.call_many(
+            [
+                (
                     bet.user_id,
                     w.Credit(
                         bet.payout,
@@ -773,11 +772,10 @@ class MarketKind(EntityKind[Market]):
                     ),
                 )
                 for mid, bet in owed
-            ),
-            return_exceptions=True,
+            ]
         )
-        for (mid, bet), outcome in zip(owed, credits, strict=True):
-            if not isinstance(outcome, BaseException):
+        for (mid, bet), (ok, _) in zip(owed, credits, strict=True):
+            if ok:
                 moved[mid]["paid"].append(bet.id)
         recorded = []
         for mid, ids in moved.items():

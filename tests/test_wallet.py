@@ -34,7 +34,7 @@ from actors.errors import (
     ReservationResolved,
 )
 from actors.money import MAX_AMOUNT
-from actors.wallet import MAX_TIMEOUT_S, Balance, Deposit
+from actors.wallet import MAX_TIMEOUT_S, Balance, Deposit, Withdraw
 from actors.wire import decode_outcomes, encode_batch
 from tests.polling import wait_until
 
@@ -767,6 +767,27 @@ def test_passivate_all_keeps_state(wallet, aio, run, sql):
 
 
 # -- crashes inside an entity ------------------------------------------------------------------
+
+
+def test_many_calls_answer_in_order_with_each_outcome(aio, run, sql):
+    """`call_many` (how a market reserves and commits a round's stakes): one outcome per
+    message, in the order sent, refusals among them, across every host."""
+    users = [new_id() for _ in range(40)]
+    router = aio.routers["wallets"]
+    assert len({router.host_of(u) for u in users}) == len(router.handles)
+
+    async def send() -> list[tuple[bool, Any]]:
+        await asyncio.gather(*(aio.wallet(u).deposit(100, "d-1") for u in users[::2]))
+        return await router.call_many([(u, Withdraw(60, "w-1")) for u in users])
+
+    async def send_nothing() -> list[tuple[bool, Any]]:
+        return await router.call_many([])
+
+    outcomes = run(send())
+    assert [ok for ok, _ in outcomes] == [i % 2 == 0 for i in range(len(users))]
+    for i, (ok, value) in enumerate(outcomes):
+        assert value == Balance(40, 40, 0) if ok else isinstance(value, InsufficientFunds), i
+    assert run(send_nothing()) == []
 
 
 @pytest.mark.timeout(60)
