@@ -59,7 +59,7 @@ class Router:
         self.max_batch = settings.batch_max if batching else 1
         # entity id -> host index: hashing ids was a visible share of a busy caller.
         self._hosts: dict[str, int] = {}
-        self.buffers: dict[int, list[tuple[str, Any, asyncio.Future]]] = {}
+        self.buffers: dict[int, list[Queued]] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
         self.batches_sent = 0
         self.messages_sent = 0
@@ -93,7 +93,7 @@ class Router:
             self._queue(entity_id, message, _Slot(gathered, index))
         return future
 
-    def _queue(self, entity_id: str, message: Any, future: Any) -> None:
+    def _queue(self, entity_id: str, message: Any, future: asyncio.Future | _Slot) -> None:
         host = self.host_of(entity_id)
         buffer = self.buffers.setdefault(host, [])
         buffer.append((entity_id, message, future))
@@ -112,7 +112,7 @@ class Router:
         if batch:
             asyncio.ensure_future(self._send(host, batch))
 
-    async def _send(self, host: int, batch: list[tuple[str, Any, asyncio.Future]]) -> None:
+    async def _send(self, host: int, batch: list[Queued]) -> None:
         self.batches_sent += 1
         self.messages_sent += len(batch)
         deadline = time.monotonic() + self.settings.call_deadline_s
@@ -198,7 +198,11 @@ class _Slot:
             self.gathered.settle(self.index, outcome)
 
 
-def _fail(batch: list[tuple[str, Any, asyncio.Future]], error: LootifyError) -> None:
+# A queued message: its entity, itself, and what its outcome settles.
+Queued = tuple[str, Any, "asyncio.Future | _Slot"]
+
+
+def _fail(batch: list[Queued], error: LootifyError) -> None:
     for _, _, future in batch:
         if not future.done():
             future.set_exception(error)
