@@ -23,12 +23,15 @@ up: venv
 down: venv
 	$(PY) scripts/cluster.py down
 
-test: venv
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_http.py
 
+# ruff, mypy, and the import contracts in pyproject.toml (layers, no cycles).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy actors gateway serve_app.py scripts/cluster.py scripts/bench.py
+	$(VENV)/bin/lint-imports

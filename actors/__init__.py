@@ -5,7 +5,7 @@ lootify = actors.connect()
 lootify.wallet(user_id).deposit(10_000, reference_id="dep-1")
 """
 
-from .client import AsyncLootify, connect
-from .wallet import Balance
+from .client import AsyncLootify, Lootify, Settings, connect
+from .wallets import Balance
 
-__all__ = ["AsyncLootify", "Balance", "connect"]
+__all__ = ["AsyncLootify", "Balance", "Lootify", "Settings", "connect"]

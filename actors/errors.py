@@ -1,38 +1,36 @@
-"""The project's exceptions: one small hierarchy, each carrying its wire code.
-
-Every error a caller can act on is a `LootifyError`; the gateway turns `status`
-and `code` into the HTTP/WebSocket error shape, so no handler maps exceptions by
-hand. Errors cross Ray process boundaries, so they pickle by their arguments.
-"""
+"""The domains' errors, on the runtime's root (`actors.runtime.errors`), re-exported
+with it so that callers import every error they can act on from one place.
+The gateway's own errors are in `gateway.errors`."""
 
 from __future__ import annotations
 
+from actors.runtime.errors import (
+    EntityCrashed,
+    InvalidInput,
+    LootifyError,
+    Unavailable,
+    WrongHost,
+)
 
-class LootifyError(Exception):
-    status = 400
-    code = "bad_request"
-
-    def __init__(self, message: str = "", **details: object) -> None:
-        super().__init__(message or self.code.replace("_", " "))
-        self.message = message or self.code.replace("_", " ")
-        self.details = details
-
-    def __reduce__(self):  # keep details across pickling (Ray ships errors between processes)
-        return (_rebuild, (type(self), self.message, self.details))
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
-
-def _rebuild(cls: type[LootifyError], message: str, details: dict) -> LootifyError:
-    return cls(message, **details)
-
-
-class InvalidInput(LootifyError):
-    """Malformed arguments: nothing was changed."""
-
-    status = 422
-    code = "invalid_input"
+__all__ = [
+    "AlreadySettled",
+    "Conflict",
+    "EntityCrashed",
+    "IdempotencyConflict",
+    "InsufficientFunds",
+    "InvalidInput",
+    "InvalidTransition",
+    "LootifyError",
+    "MarketNotOpen",
+    "NotFound",
+    "OddsChanged",
+    "PayoutTooHigh",
+    "ReservationResolved",
+    "StakeTooHigh",
+    "StakeTooLow",
+    "Unavailable",
+    "WrongHost",
+]
 
 
 class StakeTooLow(InvalidInput):
@@ -67,10 +65,6 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
-class IdempotencyInProgress(Conflict):
-    code = "idempotency_in_progress"
-
-
 class ReservationResolved(Conflict):
     """The reservation was already committed, released or expired."""
 
@@ -91,58 +85,3 @@ class AlreadySettled(Conflict):
 
 class InvalidTransition(Conflict):
     code = "invalid_transition"
-
-
-class Unauthenticated(LootifyError):
-    status = 401
-    code = "unauthenticated"
-
-
-class Forbidden(LootifyError):
-    status = 403
-    code = "forbidden"
-
-
-class RateLimited(LootifyError):
-    status = 429
-    code = "rate_limited"
-
-
-class Unavailable(LootifyError):
-    """A dependency (a host actor, PostgreSQL) did not answer in time. The operation
-    may or may not have happened: retry it with the same reference id."""
-
-    status = 503
-    code = "unavailable"
-
-
-class EntityCrashed(LootifyError):
-    """The entity's handler raised; the entity is rebuilt from PostgreSQL and the
-    operation did not happen."""
-
-    status = 500
-    code = "entity_crashed"
-
-
-class EmailTaken(Conflict):
-    """Registration with an email that already has an account."""
-
-    code = "email_taken"
-
-
-# The socket's own errors (Phoenix channel replies).
-
-
-class UnmatchedTopic(LootifyError):
-    status = 404
-    code = "unmatched_topic"
-
-
-class TooManyTopics(LootifyError):
-    status = 429
-    code = "too_many_topics"
-
-
-class InternalError(LootifyError):
-    status = 500
-    code = "internal_error"

@@ -13,10 +13,10 @@ import sys
 
 import asyncpg
 
-from actors.config import service_dsn
 from actors.errors import LootifyError
+from actors.settings import service_dsn
 
-from . import users
+from .auth import users
 
 
 async def _create_user(args: argparse.Namespace) -> users.User:

@@ -1,5 +1,6 @@
-"""What one Serve replica holds: its PostgreSQL pool, the cluster client, the PubSub
-subscription, the read cache, the WebSocket hub, the rate limiter and the metrics.
+"""What one Serve replica holds: its settings, its PostgreSQL pool, the cluster client,
+the PubSub subscription, the odds cache, the rate limiter and the metrics. (The
+sockets' hub is the realtime layer's own: see `gateway.app`.)
 
 Nothing here needs the database or the host actors to be up at start: the pool
 connects on demand and the cluster client is created on first use, so a replica
@@ -10,51 +11,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import asyncpg
 
-from actors.client import AsyncLootify
-from actors.config import RuntimeSettings, service_dsn
+from actors.client import AsyncLootify, Settings
 from actors.errors import Unavailable
 from actors.pubsub import Subscriber, get_publisher
+from actors.settings import service_dsn
 
-from . import idempotency, ratelimit, tokens
-from .catalog import Catalog
+from . import idempotency, ratelimit
+from .auth import tokens
 from .metrics import Metrics
+from .odds_cache import CHANGED, OddsCache
 from .ratelimit import RateLimiter
-from .ws import Hub
+from .settings import GatewaySettings
 
 # Under "ray.serve", so Serve writes it to the replica's log file.
 log = logging.getLogger("ray.serve").getChild(__name__)
 
 
 class Context:
-    def __init__(self) -> None:
-        self.settings = RuntimeSettings()
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.cluster_settings = Settings()
         self.metrics = Metrics()
         self.pool: asyncpg.Pool | None = None
         self.limiter: RateLimiter | None = None
-        self.subscriber = Subscriber(self.settings.namespace)
-        self.publisher = get_publisher(self.settings.namespace)
-        self.catalog = Catalog(self.aio)
-        self.hub = Hub(self.subscriber, self.metrics)
+        self.subscriber = Subscriber(self.cluster_settings.namespace)
+        self.publisher = get_publisher(self.cluster_settings.namespace)
+        self.odds_cache = OddsCache(self.aio, settings.odds_cache_reload_s)
         self._aio: AsyncLootify | None = None
         self._aio_lock = asyncio.Lock()
         self._purging: asyncio.Task | None = None
 
     async def start(self) -> None:
-        size = int(os.environ.get("LOOTIFY_GATEWAY_POOL_SIZE", 10))
         # min_size=0: no connection is made here, so the replica starts without the database.
         self.pool = await asyncpg.create_pool(
-            service_dsn("users"), min_size=0, max_size=size, command_timeout=10
+            service_dsn("users"), min_size=0, max_size=self.settings.pool_size, command_timeout=10
         )
-        self.limiter = RateLimiter(self.pool)
-        self.subscriber.callbacks.setdefault("event:*", set()).add(self.catalog.on_event)
-        self.subscriber.on_resync.append(self.catalog.schedule_reload)
+        self.limiter = RateLimiter(self.pool, self.settings.rate_limits)
+        self.subscriber.callbacks.setdefault("event:*", set()).add(self.odds_cache.on_event)
+        self.subscriber.on_resync.append(self.odds_cache.schedule_reload)
         self.subscriber.start()
-        self.catalog.start()
+        self.odds_cache.start()
         self._purging = asyncio.ensure_future(self._purge_expired())
         self.metrics.gauge_callback(
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
@@ -64,9 +64,8 @@ class Context:
     async def _purge_expired(self) -> None:
         """Drop idempotency keys past their 24 hours, revocations of expired tokens and
         old rate-limit windows. Every replica does it; the deletes are harmless twice."""
-        interval = float(os.environ.get("LOOTIFY_PURGE_INTERVAL_S", 600))
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.purge_interval_s)
             try:
                 pool = self.db()
                 await idempotency.purge_expired(pool)
@@ -78,7 +77,7 @@ class Context:
     async def close(self) -> None:
         if self._purging is not None:
             self._purging.cancel()
-        self.catalog.stop()
+        self.odds_cache.stop()
         await self.subscriber.close()
         if self.pool is not None:
             await self.pool.close()
@@ -91,7 +90,7 @@ class Context:
             if self._aio is None:
                 try:
                     self._aio = await asyncio.wait_for(
-                        AsyncLootify.create(settings=self.settings), timeout=10
+                        AsyncLootify.create(settings=self.cluster_settings), timeout=10
                     )
                 except Exception as exc:
                     log.warning("cannot reach the host actors: %r", exc)
@@ -107,7 +106,5 @@ class Context:
         return self.limiter
 
     def publish_changed(self, event_id: Any) -> None:
-        """Tell every replica's catalog that this event (or one of its markets) changed."""
-        from .catalog import CHANGED
-
+        """Tell every replica's odds cache that this event (or one of its markets) changed."""
         self.publisher.publish(f"event:{event_id}", CHANGED, {})

@@ -6,29 +6,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
-from actors.errors import Forbidden, LootifyError, NotFound, Unauthenticated
+from actors.errors import LootifyError
 
-from . import idempotency, tokens
-
-if TYPE_CHECKING:
-    from .context import Context
+from . import idempotency
+from .auth import tokens
+from .context import Context
+from .errors import Forbidden, Unauthenticated
 
 _REFERENCE_SAFE = re.compile(r"^[\w:.\-]{1,150}$")
-# Honour X-Forwarded-For only from these peers (e.g. HAProxy on loopback): off by default.
-_TRUSTED = [
-    ipaddress.ip_network(n.strip())
-    for n in os.environ.get("LOOTIFY_TRUSTED_PROXIES", "").split(",")
-    if n.strip()
-]
 # bet ids derived from Idempotency-Keys: one key of one user is one bet, even if the
 # idempotency row was taken over after a crash.
 _BET_NS = uuid.UUID("6f1c7c2e-4b1e-4d8e-9a4f-0c1d2b3a4e5f")
@@ -75,22 +68,15 @@ IdempotencyKey = Header(
 def client_ip(request: Request) -> str:
     peer = request.client.host if request.client else "unknown"
     forwarded = request.headers.get("x-forwarded-for")
-    if forwarded and _TRUSTED:
+    trusted = ctx_of(request).settings.trusted_proxies
+    if forwarded and trusted:
         try:
-            if any(ipaddress.ip_address(peer) in net for net in _TRUSTED):
+            if any(ipaddress.ip_address(peer) in net for net in trusted):
                 # The last entry is the one our trusted proxy appended.
                 return forwarded.split(",")[-1].strip() or peer
         except ValueError:
             pass
     return peer
-
-
-def path_id(value: str, what: str) -> str:
-    """A UUID from the path; 404 for anything else (no such resource)."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise NotFound(f"no such {what}") from None
 
 
 def reference_for(kind: str, key: str | None) -> str:

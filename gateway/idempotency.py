@@ -39,7 +39,9 @@ from typing import Any
 
 import asyncpg
 
-from actors.errors import IdempotencyConflict, IdempotencyInProgress, InvalidInput
+from actors.errors import IdempotencyConflict, InvalidInput
+
+from .errors import IdempotencyInProgress
 
 KEY_MAX = 255
 RETENTION_S = 24 * 3600

@@ -11,11 +11,7 @@ GCRA / token bucket in one row, updated by a single `insert ... on conflict do u
 ... returning`: `limit` requests may come at once, then one every `window / limit`;
 the row lock makes concurrent replicas agree exactly.
 
-Settings (environment, read by `RateLimitSettings.from_env`):
-`LOOTIFY_RATE_LIMITS` on|off (default on), `LOOTIFY_RATE_REGISTER_PER_MIN` (10),
-`LOOTIFY_RATE_LOGIN_PER_MIN` (10), `LOOTIFY_LOGIN_LOCKOUT_FAILURES` (5),
-`LOOTIFY_LOGIN_LOCKOUT_S` (900), `LOOTIFY_RATE_BETS_PER_S` (50),
-`LOOTIFY_RATE_BETS_BURST` (defaults to the per-second rate).
+Settings: `gateway.settings.RateLimitSettings`.
 
 A refusal raises `RateLimited` with `details["retry_after"]`, whole seconds (send it
 as the `Retry-After` header).
@@ -24,43 +20,12 @@ as the `Retry-After` header).
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import asyncpg
 
-from actors.errors import RateLimited
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() not in ("off", "0", "false", "no", "disabled")
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    enabled: bool = True
-    register_per_min: int = 10
-    login_per_min: int = 10
-    lockout_failures: int = 5
-    lockout_s: float = 900.0
-    bets_per_s: float = 50.0
-    bets_burst: float = 50.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RateLimitSettings:
-        env = os.environ if environ is None else environ
-        bets = float(env.get("LOOTIFY_RATE_BETS_PER_S", cls.bets_per_s))
-        return cls(
-            enabled=_flag(env.get("LOOTIFY_RATE_LIMITS", "on")),
-            register_per_min=int(env.get("LOOTIFY_RATE_REGISTER_PER_MIN", cls.register_per_min)),
-            login_per_min=int(env.get("LOOTIFY_RATE_LOGIN_PER_MIN", cls.login_per_min)),
-            lockout_failures=int(env.get("LOOTIFY_LOGIN_LOCKOUT_FAILURES", cls.lockout_failures)),
-            lockout_s=float(env.get("LOOTIFY_LOGIN_LOCKOUT_S", cls.lockout_s)),
-            bets_per_s=bets,
-            bets_burst=float(env.get("LOOTIFY_RATE_BETS_BURST", bets)),
-        )
+from .errors import RateLimited
+from .settings import RateLimitSettings
 
 
 def _refuse(message: str, retry_after: float) -> RateLimited:
@@ -145,11 +110,11 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One per process: `RateLimiter(pool)` (settings from the environment)."""
+    """One per process."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: RateLimitSettings | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: RateLimitSettings) -> None:
         self.pool = pool
-        self.settings = settings or RateLimitSettings.from_env()
+        self.settings = settings
         self.bets = TokenBucket(self.settings.bets_per_s, self.settings.bets_burst)
 
     @property

@@ -1,6 +1,6 @@
 """Pydantic models of every HTTP body and answer, so /openapi.json tells it all.
 
-Money and odds are decimal strings (`"50.00"`, `"2.10"`); the routes turn them into
+Money and odds are decimal strings (`"50.00"`, `"2.10"`); the services turn them into
 minor units and `Decimal`s with `actors.money`, whose errors are 422 `invalid_input`.
 """
 

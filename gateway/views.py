@@ -8,14 +8,11 @@ here once per event before fanning out to sockets.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from actors.money import format_amount, format_odds
-
-CURRENCY = os.environ.get("LOOTIFY_CURRENCY", "BRL")
 
 
 def money(minor: int | None) -> str | None:
@@ -53,7 +50,7 @@ def user(u: Any) -> dict[str, str]:
     }
 
 
-def balance(b: Any) -> dict[str, str]:
+def balance(b: Any, currency: str) -> dict[str, str]:
     """A `Balance` (named tuple), or a dict with balance/available/reserved."""
     available, reserved = int(_get(b, "available", 0)), int(_get(b, "reserved", 0))
     total = _get(b, "balance")
@@ -61,7 +58,7 @@ def balance(b: Any) -> dict[str, str]:
         "balance": format_amount(available + reserved if total is None else int(total)),
         "available": format_amount(available),
         "reserved": format_amount(reserved),
-        "currency": CURRENCY,
+        "currency": currency,
     }
 
 
@@ -124,10 +121,10 @@ def odds_map(values: Mapping[str, Any]) -> dict[str, str | None]:
     return {str(k): odds(v) for k, v in values.items()}
 
 
-def push(event_name: str, payload: Any) -> Any:
+def push(event_name: str, payload: Any, currency: str) -> Any:
     """A host's published payload -> what the socket push carries (the bare object)."""
     if event_name == "balance":
-        return balance(payload)
+        return balance(payload, currency)
     if event_name in ("bet_placed", "bet_settled"):
         return bet(payload)
     if event_name == "odds_updated":

@@ -33,12 +33,12 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors import pgserver  # noqa: E402
-from actors.audit import ledger_violations  # noqa: E402
-from actors.client import AsyncLootify  # noqa: E402
-from actors.config import PROJECT_ROOT, RuntimeSettings  # noqa: E402
-from actors.migrate import migrate  # noqa: E402
-from actors.runtime import shard_of  # noqa: E402
+from actors.client import AsyncLootify, Settings  # noqa: E402
+from actors.ops import pgserver  # noqa: E402
+from actors.ops.audit import ledger_violations  # noqa: E402
+from actors.ops.migrate import migrate  # noqa: E402
+from actors.runtime import RuntimeSettings, shard_of  # noqa: E402
+from actors.settings import PROJECT_ROOT  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -70,7 +70,7 @@ async def timed_many(make, count: int, concurrency: int) -> tuple[float, list[fl
     return time.perf_counter() - start, latencies, failures
 
 
-async def wallet_throughput(settings: RuntimeSettings, results: dict) -> None:
+async def wallet_throughput(settings: Settings, results: dict) -> None:
     users = [str(uuid.uuid4()) for _ in range(1000)]
     for label, batching, count, concurrency in (
         ("unbatched", False, 3000, 64),
@@ -96,13 +96,14 @@ async def wallet_throughput(settings: RuntimeSettings, results: dict) -> None:
         results["wallet_ops_per_s_batched"] / results["wallet_ops_per_s_unbatched"], 1)
 
 
-async def memory_and_activation(settings: RuntimeSettings, dsn: str, results: dict,
+async def memory_and_activation(settings: Settings, dsn: str, results: dict,
                                 sizes: list[int]) -> None:
     client = await AsyncLootify.create(kinds=("wallets",), settings=settings)
     router = client.routers["wallets"]
     for h in router.handles:
         await h.passivate_all.remote()
     base = sum(s["rss"] for s in await client.hosts())
+    shards = settings.runtime.shards
     conn = await asyncpg.connect(dsn)
     ids: list[str] = []
     try:
@@ -111,7 +112,7 @@ async def memory_and_activation(settings: RuntimeSettings, dsn: str, results: di
             await conn.copy_records_to_table(
                 "wallets", schema_name="wallets",
                 columns=["user_id", "shard", "available", "reserved", "seq"],
-                records=[(i, shard_of(i, settings.shards), random.randint(1000, 10**7), 0, 1)
+                records=[(i, shard_of(i, shards), random.randint(1000, 10**7), 0, 1)
                          for i in fresh])
             ids.extend(fresh)
             start = time.perf_counter()
@@ -147,7 +148,7 @@ async def memory_and_activation(settings: RuntimeSettings, dsn: str, results: di
         await conn.close()
 
 
-async def bets(settings: RuntimeSettings, dsn: str, results: dict, settle_size: int) -> None:
+async def bets(settings: Settings, dsn: str, results: dict, settle_size: int) -> None:
     client = await AsyncLootify.create(settings=settings)
     users = [str(uuid.uuid4()) for _ in range(2000)]
     await asyncio.gather(*(client.wallet(u).deposit(10**9, "seed") for u in users))
@@ -246,7 +247,9 @@ def main() -> int:
     try:
         dsn = asyncio.run(prepare_database(base))
         os.environ["DATABASE_URL"] = dsn  # the clients below create hosts with it
-        settings = RuntimeSettings(namespace=f"lootify-bench-{os.getpid()}", idle_seconds=3600)
+        settings = Settings(
+            runtime=RuntimeSettings(namespace=f"lootify-bench-{os.getpid()}", idle_seconds=3600)
+        )
         ray.init(num_cpus=2, namespace=settings.namespace, include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": {"DATABASE_URL": dsn}})
         results: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -62,9 +62,9 @@ sys.path.insert(0, str(SCRIPTS))
 
 from loadgen import HttpConnection, request_bytes  # noqa: E402
 
-from actors import pgserver  # noqa: E402
-from actors.config import PROJECT_ROOT  # noqa: E402
-from actors.migrate import migrate  # noqa: E402
+from actors.ops import pgserver  # noqa: E402
+from actors.ops.migrate import migrate  # noqa: E402
+from actors.settings import PROJECT_ROOT  # noqa: E402
 
 DB_NAME = "lootify_bench_http"
 BALANCE = "1000000.00"
@@ -337,8 +337,8 @@ class Api:
 
 
 async def setup_lootify(dsn: str, url: str, args: argparse.Namespace, work: Path) -> Path:
-    from gateway import tokens
-    from gateway.users import User, hash_password
+    from gateway.auth import tokens
+    from gateway.auth.users import User, hash_password
 
     pw = hash_password("bench " + secrets.token_hex(8))
     players = [User(str(uuid.uuid4()), f"bench-{i}-{uuid.uuid4().hex[:6]}@example.com",

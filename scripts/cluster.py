@@ -12,7 +12,7 @@ Every LOOTIFY_* variable reaches the Ray processes.
 
 The cluster uses Ray token authentication (its GCS listens on every interface): the
 token is ~/.ray/auth_token (generated if missing). A client joining it by address
-must run with RAY_AUTH_MODE=token (`actors.config.use_ray_token_auth()`).
+must run with RAY_AUTH_MODE=token (`actors.settings.use_ray_token_auth()`).
 
 Never `ray stop`: it kills every Ray process on the machine (other clusters, test
 clusters). `down` only ends processes this checkout started, found by a marker in
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -44,11 +45,14 @@ if str(PROJECT_ROOT) not in sys.path:
 
 import psutil  # noqa: E402  (ships with ray)
 
-from actors import config, pgserver  # noqa: E402
-from actors.migrate import migrate  # noqa: E402
+from actors import settings as config  # noqa: E402
+from actors.client import Settings  # noqa: E402
+from actors.ops import pgserver  # noqa: E402
+from actors.ops.migrate import migrate  # noqa: E402
+from gateway.settings import GatewaySettings  # noqa: E402
 
 PG_DIR = config.DATA_DIR / "pg"
-RAY_ADDRESS_FILE = config.DATA_DIR / "ray_address"
+RAY_ADDRESS_FILE = config.RAY_ADDRESS_FILE
 RAY_PORT = int(os.environ.get("LOOTIFY_RAY_PORT", "6380"))
 # Ray never registers a node as 127.0.0.1 (it swaps in a reachable address), and its
 # GCS listens on every interface: the address is what `ray start` reports.
@@ -318,8 +322,8 @@ def _deploy(address: str, port: int) -> None:
 
     ray.init(
         address=address,
-        namespace=config.RuntimeSettings().namespace,
-        logging_level="WARNING",
+        namespace=Settings().namespace,
+        logging_level=logging.WARNING,
         log_to_driver=False,
     )
     try:
@@ -351,7 +355,7 @@ def _wait_healthy(port: int) -> None:
 
 
 def up() -> int:
-    port = config.http_port()
+    port = GatewaySettings.from_env().http_port
     _ensure_auth_token()
     with _exclusive():
         config.DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -387,7 +391,7 @@ def up() -> int:
     print(f"  WebSocket  ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0&token=<jwt>")
     print(f"  API docs   http://127.0.0.1:{port}/docs")
     print(f"  Ray        {address}   (RAY_ADDRESS={address}, namespace "
-          f"{config.RuntimeSettings().namespace})")
+          f"{Settings().namespace})")
     print(f"  Database   {_redact(dsn)}")
     print()
     return 0
@@ -409,7 +413,7 @@ def _serve_shutdown(address: str) -> None:
     env.update(_serve_env())
     try:
         rc = subprocess.call(
-            [sys.executable, "-c", code, address, config.RuntimeSettings().namespace],
+            [sys.executable, "-c", code, address, Settings().namespace],
             env=env,
             timeout=90,
             stdin=subprocess.DEVNULL,

@@ -15,10 +15,11 @@ import asyncpg
 import pytest
 import ray
 
-from actors.audit import ledger_violations
-from actors.client import AsyncLootify, _LoopThread, _Sync
-from actors.config import RuntimeSettings
-from actors.migrate import migrate
+from actors.client import AsyncLootify, LoopThread, Lootify, Settings
+from actors.markets import MarketSettings
+from actors.ops.audit import ledger_violations
+from actors.ops.migrate import migrate
+from actors.runtime import RuntimeSettings
 from tests.pg_fixtures import create_database, fetch_rows, pg_dsn  # noqa: F401
 
 TABLES = (
@@ -42,15 +43,16 @@ def database_url(pg_dsn: str) -> Iterator[str]:  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def settings() -> RuntimeSettings:
+def settings() -> Settings:
     # Short idle and reservation times so passivation and expiry show within a test.
-    return RuntimeSettings(
-        namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0, reservation_timeout_s=15.0
+    return Settings(
+        runtime=RuntimeSettings(namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0),
+        markets=MarketSettings(reservation_timeout_s=15.0),
     )
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(database_url: str, settings: RuntimeSettings) -> Iterator[None]:
+def ray_cluster(database_url: str, settings: Settings) -> Iterator[None]:
     ray.init(
         num_cpus=2,
         namespace=settings.namespace,
@@ -63,20 +65,20 @@ def ray_cluster(database_url: str, settings: RuntimeSettings) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def loop_thread() -> _LoopThread:
-    return _LoopThread()
+def loop_thread() -> LoopThread:
+    return LoopThread()
 
 
 @pytest.fixture(scope="session")
-def aio(ray_cluster: None, loop_thread: _LoopThread, settings: RuntimeSettings) -> AsyncLootify:
+def aio(ray_cluster: None, loop_thread: LoopThread, settings: Settings) -> AsyncLootify:
     """The async client, living on `loop_thread` (run its coroutines with `run`)."""
     return loop_thread.run(AsyncLootify.create(settings=settings))
 
 
 @pytest.fixture(scope="session")
-def lootify(aio: AsyncLootify, loop_thread: _LoopThread) -> _Sync:
+def lootify(aio: AsyncLootify, loop_thread: LoopThread) -> Lootify:
     """The blocking client, as a notebook sees it."""
-    return _Sync(aio, loop_thread)
+    return Lootify(aio, loop_thread)
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def sql(run, database_url: str):
 
 
 @pytest.fixture
-def run(loop_thread: _LoopThread):
+def run(loop_thread: LoopThread):
     """Run a coroutine on the client's loop and wait for it."""
     return loop_thread.run
 
@@ -99,7 +101,7 @@ def clean_ledger(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     aio: AsyncLootify = request.getfixturevalue("aio")
     dsn: str = request.getfixturevalue("database_url")
-    loop_thread: _LoopThread = request.getfixturevalue("loop_thread")
+    loop_thread: LoopThread = request.getfixturevalue("loop_thread")
 
     async def reset() -> None:
         for router in aio.routers.values():

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from actors import pgserver
+from actors.ops import pgserver
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

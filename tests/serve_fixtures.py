@@ -21,8 +21,11 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+from ray import serve
 
-from actors.config import RuntimeSettings
+import serve_app
+from actors.client import Settings
+from gateway.auth import users
 
 JWT_SECRET = "test-secret-" + "x" * 40
 
@@ -34,17 +37,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_url(aio, database_url: str, settings: RuntimeSettings) -> Iterator[str]:
-    from ray import serve
-
-    import serve_app
-
+def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
     port = _free_port()
     env = {
         "DATABASE_URL": database_url,
         "LOOTIFY_NAMESPACE": settings.namespace,
-        "LOOTIFY_IDLE_SECONDS": str(settings.idle_seconds),
-        "LOOTIFY_SHARDS": str(settings.shards),
+        "LOOTIFY_IDLE_SECONDS": str(settings.runtime.idle_seconds),
+        "LOOTIFY_SHARDS": str(settings.runtime.shards),
         "LOOTIFY_JWT_SECRET": JWT_SECRET,
         "LOOTIFY_RATE_REGISTER_PER_MIN": "100000",
         "LOOTIFY_RATE_LOGIN_PER_MIN": "100000",
@@ -107,8 +106,6 @@ class Account:
 def new_user(api: httpx.Client, users_pool: asyncpg.Pool, loop_thread) -> Callable[..., Account]:
     """`new_user(role="player")`: players register over HTTP; other roles are created
     in the database (as the admin CLI does) and log in over HTTP."""
-    from gateway import users
-
     def make(role: str = "player") -> Account:
         email = f"u{uuid.uuid4().hex[:12]}@example.com"
         password = "correct horse " + uuid.uuid4().hex[:6]

@@ -21,8 +21,8 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.errors import LootifyError, Unavailable
 from actors.runtime import host_name
-from actors.wallet import Balance, GetBalance
-from actors.wire import decode_outcomes, encode_batch
+from actors.runtime.wire import decode_outcomes, encode_batch
+from actors.wallets import Balance, GetBalance
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster

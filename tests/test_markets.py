@@ -22,9 +22,6 @@ from fractions import Fraction
 import asyncpg
 import pytest
 
-from actors import market as mk
-from actors.book import Bet, BetRecord, Market, Recover
-from actors.client import Router
 from actors.errors import (
     AlreadySettled,
     IdempotencyConflict,
@@ -39,7 +36,11 @@ from actors.errors import (
     StakeTooHigh,
     StakeTooLow,
 )
-from actors.runtime import Round
+from actors.markets import BetRecord, CancelBet, MarketKind, PlaceBet, Recover
+from actors.markets.saga import RECOVERY_AGE_S
+from actors.markets.state import Bet, Market
+from actors.markets.writes import BetsToRecover
+from actors.runtime import Cycle, Router
 from tests.pg_fixtures import fetch_rows as sql
 from tests.polling import wait_until
 
@@ -455,7 +456,7 @@ def test_cancelling_someone_elses_bet_is_not_found(lootify, run, database_url):
     assert lootify.list_bets(thief) == []
     # addressed to the market directly, past the client's lookup: still not found
     router = lootify.routers["markets"]
-    refused(lambda: run(_call(router, view["id"], mk.CancelBet(bet["id"], thief))), NotFound)
+    refused(lambda: run(_call(router, view["id"], CancelBet(bet["id"], thief))), NotFound)
     assert lootify.get_bet(owner, bet["id"])["status"] == "accepted"
     assert balance(lootify, owner) == (9_000, 9_000, 0)
     assert balance(lootify, thief) == (10_000, 10_000, 0)
@@ -775,13 +776,13 @@ def test_payouts_to_thousands_of_wallets_go_in_batches(lootify, aio, run, databa
     elapsed = time.monotonic() - started
     after = run(aio.hosts("wallets"))
     assert [h["pid"] for h in after] == [h["pid"] for h in before]
-    rounds = sum(a["rounds"] for a in after) - sum(b["rounds"] for b in before)
+    cycles = sum(a["cycles"] for a in after) - sum(b["cycles"] for b in before)
     ops = sum(a["ops"] for a in after) - sum(b["ops"] for b in before)
     assert ops >= n  # one credit per winner ...
-    # ... sent in a few batches. The hosts count rounds, not calls, and group commit
-    # folds even unbatched calls into rounds: batched credits take ~3 rounds here,
+    # ... sent in a few batches. The hosts count commit cycles, not calls, and group commit
+    # folds even unbatched calls into cycles: batched credits take ~3 cycles here,
     # one unbatched call per credit ~30, one after another 2,000.
-    assert rounds <= max(10, n // 200), (rounds, ops)
+    assert cycles <= max(10, n // 200), (cycles, ops)
     expected = {u: 1_000 - 100 + b["potential_payout"] for u, b in zip(users, bets, strict=True)}
 
     async def balances():
@@ -793,7 +794,7 @@ def test_payouts_to_thousands_of_wallets_go_in_batches(lootify, aio, run, databa
     }
     rows = wait_bookkept(run, database_url, view["id"], timeout=60)
     assert {r["payout_state"] for r in rows.values()} == {"paid"}
-    print(f"settled {n} winners in {elapsed:.2f}s: {rounds} wallet rounds for {ops} ops")
+    print(f"settled {n} winners in {elapsed:.2f}s: {cycles} wallet cycles for {ops} ops")
 
 
 # -- the saga under a crash -------------------------------------------------------------
@@ -816,12 +817,12 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
     users = [funded(lootify, deposit) for _ in range(n_users)]
     router = aio.routers["markets"]
     if client == "gives_up":
-        impatient = dataclasses.replace(aio.settings, call_deadline_s=0.05)
+        impatient = dataclasses.replace(aio.settings.runtime, call_deadline_s=0.05)
         router = Router("markets", router.handles, router.directory, impatient)
     pid = run(_await(router.handles[0].pid.remote()))
 
     async def place(bet_id, user, sel, amount):
-        message = mk.PlaceBet(bet_id, user, sel, amount, None, "any")
+        message = PlaceBet(bet_id, user, sel, amount, None, "any")
         return await router.call(view["id"], message)
 
     plan = [
@@ -855,7 +856,7 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
     errors = [a for a in answers if not isinstance(a, BetRecord)]
     assert all(isinstance(e, LootifyError) for e in errors), errors[:3]
 
-    deadline = time.monotonic() + aio.settings.reservation_timeout_s + 45
+    deadline = time.monotonic() + aio.settings.markets.reservation_timeout_s + 45
     touched = client == "retries"
     while True:
         if not touched and not sql(run, database_url, "select 1 from wallets.pending limit 1"):
@@ -929,7 +930,8 @@ def inject_interrupted_bet(lootify, aio, run, dsn, market_id: str, user: str, am
     bet row with `stake = reserved`, counted in its market's row, and the wallet's
     reservation `bet:<id>`."""
     bet_id = str(uuid.uuid4())
-    run(aio.wallet(user).reserve(amount, f"bet:{bet_id}", aio.settings.reservation_timeout_s))
+    timeout = aio.settings.markets.reservation_timeout_s
+    run(aio.wallet(user).reserve(amount, f"bet:{bet_id}", timeout))
     sql(
         run,
         dsn,
@@ -983,12 +985,12 @@ def test_recovery_leaves_alone_the_bets_whose_money_is_moving():
     market.bets = {b.id: b for b in (moving, owed, reserved, paid)}
     market.unstaked = {reserved.id}
     for b in market.bets.values():
-        b.placed_at -= 2 * mk.RECOVERY_AGE_S
-    kind = mk.MarketKind(host=None)
-    kind.moving.add(moving.id)
-    round_ = Round()
-    assert kind.apply(market, Recover(), round_, op=None) == 2
-    assert round_.writes == [("recover", market.id, [reserved, owed])]
+        b.placed_at -= 2 * RECOVERY_AGE_S
+    kind = MarketKind(host=None)
+    kind.saga.moving.add(moving.id)
+    cycle = Cycle()
+    assert kind.apply(market, Recover(), cycle, op=None) == 2
+    assert cycle.writes == [BetsToRecover(market.id, [reserved, owed])]
 
 
 def test_recovery_leaves_alone_the_bets_still_young():
@@ -998,12 +1000,12 @@ def test_recovery_leaves_alone_the_bets_still_young():
     market.event_id = str(uuid.uuid4())
     old, young = (Bet(str(uuid.uuid4()), str(uuid.uuid4()), "home", 100, 190, 190)
                   for _ in range(2))
-    old.placed_at -= 2 * mk.RECOVERY_AGE_S
+    old.placed_at -= 2 * RECOVERY_AGE_S
     market.bets = {b.id: b for b in (old, young)}
     market.unstaked = {old.id, young.id}
-    round_ = Round()
-    assert mk.MarketKind(host=None).apply(market, Recover(stakes_only=True), round_, op=None) == 1
-    assert round_.writes == [("recover", market.id, [old])]
+    cycle = Cycle()
+    assert MarketKind(host=None).apply(market, Recover(stakes_only=True), cycle, op=None) == 1
+    assert cycle.writes == [BetsToRecover(market.id, [old])]
 
 
 def test_a_markets_count_of_unstaked_bets_is_set_right_once_they_are_staked(

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from actors.migrate import MigrationError, migrate
+from actors.ops.migrate import MigrationError, migrate
 from tests.pg_fixtures import create_database, drop_database
 
 

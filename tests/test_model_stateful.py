@@ -38,8 +38,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from actors import pricing
 from actors.errors import LootifyError
+from actors.markets import pricing
 
 USERS = 3
 MAX_MARKETS = 6

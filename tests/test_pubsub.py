@@ -10,8 +10,7 @@ import uuid
 import pytest
 import ray
 
-from actors import pubsub
-from actors.pubsub import Publisher, Subscriber, pubsub_handle
+from actors.pubsub import Publisher, Subscriber, broker, pubsub_handle
 
 pytestmark = pytest.mark.cluster
 
@@ -39,11 +38,11 @@ def test_delivery_in_order_and_coalescing(ray_cluster, run, settings) -> None:
         got = await _collect(sub, topic)
         pub = Publisher(settings.namespace)
         for i in range(5):
-            pub.publish(topic, "balance", {"balance": i}, coalesce=True)
+            pub.publish(topic, "balance", {"balance": i}, coalesce=topic)
         pub.publish(topic, "bet_placed", {"id": "b1"})
         for i in range(3):
-            pub.publish(topic, "odds_updated", {"market_id": "m1", "n": i}, coalesce=True)
-            pub.publish(topic, "odds_updated", {"market_id": "m2", "n": i}, coalesce=True)
+            pub.publish(topic, "odds_updated", {"market_id": "m1", "n": i}, coalesce="m1")
+            pub.publish(topic, "odds_updated", {"market_id": "m2", "n": i}, coalesce="m2")
         await pub.drain()
         assert await _until(lambda: len(got) >= 4)
         await asyncio.sleep(0.2)
@@ -119,7 +118,7 @@ def test_a_publisher_in_use_keeps_dropping_unwanted_events_between_sparse_rounds
         await pub.drain()
         sent, dropped = pub.sent, pub.dropped
         for _ in range(6):
-            await asyncio.sleep(pubsub.WATCH_HOLD_S * 0.4)
+            await asyncio.sleep(broker.WATCH_HOLD_S * 0.4)
             pub.publish(f"user:{uuid.uuid4()}", "balance", {})
             await pub.drain()
         assert (pub.sent - sent, pub.dropped - dropped) == (0, 6)
@@ -166,7 +165,7 @@ def test_a_publisher_in_use_acknowledges_a_new_topic_at_once(ray_cluster, run, s
         sub.start()
         start = time.monotonic()
         await sub.subscribe(f"user:{uuid.uuid4()}", print)
-        assert time.monotonic() - start < pubsub.LEASE_S / 2
+        assert time.monotonic() - start < broker.LEASE_S / 2
         await sub.close()
 
     run(main())
@@ -180,8 +179,8 @@ def test_a_silent_publisher_is_waited_for_one_lease_at_most(ray_cluster, run, se
         sub = Subscriber(settings.namespace)
         sub.start()
         start = time.monotonic()
-        await asyncio.wait_for(sub.subscribe(f"user:{uuid.uuid4()}", print), pubsub.LEASE_S + 5)
-        assert time.monotonic() - start > pubsub.LEASE_S / 2  # it was waited for
+        await asyncio.wait_for(sub.subscribe(f"user:{uuid.uuid4()}", print), broker.LEASE_S + 5)
+        assert time.monotonic() - start > broker.LEASE_S / 2  # it was waited for
         await sub.close()
 
     run(main())
@@ -199,7 +198,7 @@ def test_a_publisher_that_stopped_watching_trusts_its_copy_no_more(
         pub.publish(nobody, "balance", {})
         await pub.drain()
         assert not pub.wants(nobody)
-        await asyncio.sleep(pubsub.KEEP_WATCHING_S + pubsub.WATCH_HOLD_S + 0.5)
+        await asyncio.sleep(broker.KEEP_WATCHING_S + broker.WATCH_HOLD_S + 0.5)
         assert pub.wants(nobody), "an idle publisher's copy is not trusted"
         pub.publish(nobody, "balance", {})
         await pub.drain()  # asks first, so nothing is sent

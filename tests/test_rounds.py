@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 import ray
 
-from actors.rounds import RoundScheduler
+from actors.markets.series import RoundScheduler
 
 
 def poll(check, deadline_s=20.0, step=0.1):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from actors import wallet as w
+from actors import wallets as w
 from actors.errors import InvalidInput
 from actors.runtime import canonical_id, new_id, random_uuids
 

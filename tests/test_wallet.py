@@ -24,7 +24,6 @@ import pytest
 import ray
 import ray.cloudpickle
 
-from actors.audit import ledger_violations
 from actors.errors import (
     EntityCrashed,
     IdempotencyConflict,
@@ -34,8 +33,10 @@ from actors.errors import (
     ReservationResolved,
 )
 from actors.money import MAX_AMOUNT
-from actors.wallet import MAX_TIMEOUT_S, Balance, Deposit, Withdraw
-from actors.wire import decode_outcomes, encode_batch
+from actors.ops.audit import ledger_violations
+from actors.runtime.wire import decode_outcomes, encode_batch
+from actors.wallets import Balance, Deposit, Withdraw
+from actors.wallets.messages import MAX_TIMEOUT_S
 from tests.polling import wait_until
 
 # -- helpers -----------------------------------------------------------------------
@@ -739,9 +740,10 @@ def test_idle_passivation_keeps_state(wallet, aio, run, settings, sql):
     w.reserve(300, reference_id="bet-1")
     assert host_entities(aio, run, host) == 1
     started = time.monotonic()
-    wait_until(lambda: host_entities(aio, run, host) == 0, timeout=settings.idle_seconds * 4,
+    idle_seconds = settings.runtime.idle_seconds
+    wait_until(lambda: host_entities(aio, run, host) == 0, timeout=idle_seconds * 4,
                interval=0.1, what="idle passivation")
-    assert time.monotonic() - started >= settings.idle_seconds - 1  # not before it was idle
+    assert time.monotonic() - started >= settings.runtime.idle_seconds - 1  # not before it was idle
     assert w.balance() == Balance(1_000, 700, 300)
     assert host_entities(aio, run, host) == 1
     with pytest.raises(InsufficientFunds):

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from actors import book
-from actors import wallet as w
+from actors import markets as book
+from actors import wallets as w
 from actors.errors import MarketNotOpen
-from actors.wire import decode_batch, decode_outcomes, encode_batch, encode_outcomes
+from actors.runtime.wire import decode_batch, decode_outcomes, encode_batch, encode_outcomes
 
 MESSAGES = [
     w.GetBalance(),

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from actors.migrate import migrate
+from actors.ops.migrate import migrate
 from tests.pg_fixtures import create_database
 
 GATEWAY_TABLES = (

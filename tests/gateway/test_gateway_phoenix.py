@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.errors import Forbidden, InsufficientFunds
-from gateway import phoenix as phx
-from gateway.phoenix import ChannelSession, Joined, Message, ProtocolError
+from actors.errors import InsufficientFunds
+from gateway.errors import Forbidden
+from gateway.realtime import phoenix as phx
+from gateway.realtime.phoenix import ChannelSession, Joined, Message, ProtocolError
 
 USER = "6f1c1a36-2c7d-4a53-9a43-8d2b0a1e5c11"
 EVENT = "0b6f3c52-8f1e-4b0e-9d55-2a7c1c9e4f00"

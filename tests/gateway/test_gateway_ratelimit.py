@@ -4,8 +4,9 @@ import asyncio
 
 import pytest
 
-from actors.errors import RateLimited
-from gateway.ratelimit import RateLimiter, RateLimitSettings, TokenBucket
+from gateway.errors import RateLimited
+from gateway.ratelimit import RateLimiter, TokenBucket
+from gateway.settings import RateLimitSettings
 
 ON = RateLimitSettings()
 

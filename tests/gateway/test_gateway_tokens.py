@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import jwt
 import pytest
 
-from actors.errors import Unauthenticated
-from gateway import tokens
-from gateway.users import User
+from gateway.auth import tokens
+from gateway.auth.users import User
+from gateway.errors import Unauthenticated
 
 ALICE = User(
     id="6f1c1a36-2c7d-4a53-9a43-8d2b0a1e5c11", email="a@x.io", username="alice", role="operator"

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors.errors import EmailTaken, InvalidInput, Unauthenticated
-from gateway import users
+from actors.errors import InvalidInput
+from gateway.auth import users
+from gateway.errors import EmailTaken, Unauthenticated
 
 
 def test_create_and_get(db):

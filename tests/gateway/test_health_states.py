@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from gateway.http import check_health
+from gateway.health import check_health
 
 
 class _Remote:
@@ -58,7 +58,7 @@ def _ctx(pg: bool = True, hosts: tuple[bool, ...] = (True, True), pubsub: bool =
         aio=get_aio,
         subscriber=SimpleNamespace(healthy=pubsub, _get_handle=lambda: SimpleNamespace(
             ping=ping)),
-        catalog=SimpleNamespace(loaded=True, events={}),
+        odds_cache=SimpleNamespace(loaded=True, events={}),
     )
 
 

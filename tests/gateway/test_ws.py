@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import ray
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from actors.pubsub import Publisher
+from actors.pubsub import Publisher, pubsub_handle
 from tests.serve_fixtures import JWT_SECRET
 
 pytestmark = pytest.mark.cluster
@@ -229,8 +230,6 @@ def test_malformed_frames_close_only_their_socket(socket_for, new_user) -> None:
 
 
 def test_tokens_are_not_logged(socket_for, new_user) -> None:
-    import ray
-
     u = new_user()
     phx = socket_for(u.token)
     phx.join(f"user:{u.id}")
@@ -330,10 +329,6 @@ def test_bets_over_the_socket(socket_for, api: httpx.Client, new_user) -> None:
 
 def test_pushes_resume_after_a_pubsub_restart(socket_for, api: httpx.Client, new_user,
                                               settings) -> None:
-    import ray
-
-    from actors.pubsub import pubsub_handle
-
     u = new_user()
     phx = socket_for(u.token)
     topic = f"user:{u.id}"

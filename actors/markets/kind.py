@@ -1,0 +1,334 @@
+"""The odds entity: one per market, owning its status, odds, liabilities or pools,
+limits and bets. Its messages are handled here; `store` keeps it in PostgreSQL,
+`events` tells subscribers, and `saga` moves the money of its bets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+
+from actors.errors import (
+    AlreadySettled,
+    Conflict,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidTransition,
+    LootifyError,
+    MarketNotOpen,
+    NotFound,
+)
+from actors.pubsub import get_publisher
+from actors.runtime import Cycle, EntityKind, Op, register_kind
+
+from . import pricing, queries
+from .events import publish_cycle
+from .messages import (
+    TRANSITIONS,
+    BetRecord,
+    CancelBet,
+    CreateMarket,
+    GetMarket,
+    MoneyMoved,
+    PlaceBet,
+    Recover,
+    SetOdds,
+    Settle,
+    Transition,
+)
+from .saga import RECOVERY_AGE_S, BetSaga
+from .settings import MarketSettings
+from .state import Bet, Market
+from .store import load_markets, store_cycle, stored_bets
+from .writes import (
+    BetChanged,
+    BetPlaced,
+    BetsToRecover,
+    MarketChanged,
+    MarketSettled,
+    StakeCommitted,
+    StakeReleased,
+)
+
+
+@register_kind
+class MarketKind(EntityKind[Market]):
+    name = "markets"
+    service = "bets"
+    settings_type = MarketSettings
+    settings: MarketSettings
+
+    def __init__(self, host: Any, settings: MarketSettings | None = None) -> None:
+        super().__init__(host, settings)
+        self.saga = BetSaga(host, self.settings)
+        # In a careful cycle: the cycle's bet ids stored already (see `prepare`).
+        self.stored_bets: dict[str, tuple[str, str]] = {}
+        # The cycle's clock: the bets a cycle takes share their time of placing.
+        self.now = time.time()
+
+    async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, Market]:
+        return await load_markets(conn, ids)
+
+    async def admit(self, ops: list[Op]) -> None:
+        await self.saga.reserve_stakes(ops)
+
+    async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
+        """In a careful cycle (a bet id of the last one was stored already), look up
+        which of the cycle's bet ids are stored, and where."""
+        careful = self.take_careful()
+        self.stored_bets = {}
+        self.now = time.time()
+        if careful:
+            ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
+            self.stored_bets = await stored_bets(conn, ids)
+
+    def apply(self, m: Market, msg: Any, cycle: Cycle, op: Op) -> Any:
+        if isinstance(msg, CreateMarket):
+            return self._create(m, msg, cycle)
+        if m.event_id is None:
+            if isinstance(msg, PlaceBet) and op.prepared == "reserved":
+                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+            raise NotFound(f"no market {m.id}")
+        if isinstance(msg, GetMarket):
+            return m.view()
+        if isinstance(msg, PlaceBet):
+            return self._place(m, msg, cycle, op)
+        if isinstance(msg, CancelBet):
+            return self._cancel(m, msg, cycle)
+        if isinstance(msg, Transition):
+            return self._transition(m, msg.action, cycle)
+        if isinstance(msg, SetOdds):
+            return self._set_odds(m, msg, cycle)
+        if isinstance(msg, Settle):
+            return self._settle(m, msg.winner, cycle)
+        if isinstance(msg, MoneyMoved):
+            return self._money_moved(m, msg, cycle)
+        if isinstance(msg, Recover):
+            return self._recover(m, msg.stakes_only, cycle)
+        raise InvalidInput(f"unknown market message {type(msg).__name__}")
+
+    def _create(self, m: Market, msg: CreateMarket, cycle: Cycle) -> dict:
+        if m.event_id is not None:
+            raise Conflict(f"market {m.id} exists")
+        m.event_id, m.name, m.type, m.status = msg.event_id, msg.name, msg.type, "open"
+        m.keys = [s[0] for s in msg.selections]
+        m.names = [s[1] for s in msg.selections]
+        m.takeout_bp = msg.takeout_bp
+        m.min_stake, m.max_stake, m.max_payout = msg.min_stake, msg.max_stake, msg.max_payout
+        m.exposure = dict.fromkeys(m.keys, 0)
+        if m.type == "fixed_odds":
+            m.model = pricing.FixedOddsModel.from_odds(
+                {k: o for k, _, o in msg.selections if o is not None}, overround=msg.overround
+            )
+        m.reprice()
+        self._touch(m, cycle, "status_changed")
+        return m.view()
+
+    def _place(self, m: Market, msg: PlaceBet, cycle: Cycle, op: Op) -> BetRecord:
+        existing = m.bets.get(msg.bet_id)
+        if existing is not None:
+            same = (existing.user_id, existing.selection, existing.amount) == (
+                msg.user_id,
+                msg.selection,
+                msg.amount,
+            )
+            if not same:
+                raise IdempotencyConflict(f"bet {msg.bet_id} exists with other arguments")
+            return existing.record(m.id)
+        if isinstance(op.prepared, BaseException):
+            raise op.prepared
+        if op.prepared != "reserved":  # not prepared: the market did not exist then
+            raise Conflict("the bet was not prepared; retry")
+        elsewhere = self.stored_bets.get(msg.bet_id)
+        if elsewhere is not None:
+            if elsewhere[1] != msg.user_id:  # the reservation is this message's own
+                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+            raise IdempotencyConflict(f"bet {msg.bet_id} exists on another market")
+        try:
+            price = m.quote(msg)
+        except LootifyError:
+            cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+            raise
+        # Fixed odds always have a price; a pool bet's payout is decided at settlement.
+        potential = None
+        if m.type != "pool" and price is not None:
+            potential = pricing.fixed_payout(msg.amount, price)
+        bet = Bet(
+            msg.bet_id, msg.user_id, msg.selection, msg.amount, price, potential, placed_at=self.now
+        )
+        m.bets[bet.id] = bet
+        m.unstaked.add(bet.id)
+        m.add_exposure(bet, +1)
+        m.reprice()
+        cycle.writes.append(BetPlaced(m.id, bet, op))
+        self._touch(m, cycle, "odds")
+        return bet.record(m.id)
+
+    def _cancel(self, m: Market, msg: CancelBet, cycle: Cycle) -> BetRecord:
+        bet = m.bets.get(msg.bet_id)
+        if bet is None or bet.user_id != msg.user_id:
+            raise NotFound(f"no bet {msg.bet_id}")
+        if bet.status == "cancelled":
+            return bet.record(m.id)
+        if m.status != "open":
+            raise MarketNotOpen("bets can be cancelled only while the market is open")
+        if bet.status != "accepted":
+            raise InvalidTransition(f"the bet is {bet.status}")
+        m.add_exposure(bet, -1)
+        bet.status, bet.payout, bet.payout_state = "cancelled", bet.amount, "owed"
+        bet.settled_at = time.time()
+        m.reprice()
+        cycle.writes.append(BetChanged(m.id, bet))
+        self._touch(m, cycle, "odds")
+        return bet.record(m.id)
+
+    def _transition(self, m: Market, action: str, cycle: Cycle) -> dict:
+        if action not in TRANSITIONS:
+            raise InvalidInput(f"unknown action {action!r}")
+        sources, target = TRANSITIONS[action]
+        if m.status not in sources:
+            raise InvalidTransition(f"cannot {action} a market that is {m.status}")
+        m.status = target
+        if target == "void":
+            now = time.time()
+            for bet in m.bets.values():
+                if bet.status == "accepted":
+                    m.add_exposure(bet, -1)
+                    bet.status, bet.payout, bet.payout_state = "void", bet.amount, "owed"
+                    bet.settled_at = now
+                    cycle.writes.append(BetChanged(m.id, bet))
+            m.settled_at = now
+            m.reprice()
+        self._touch(m, cycle, "status_changed")
+        return m.view()
+
+    def _set_odds(self, m: Market, msg: SetOdds, cycle: Cycle) -> dict:
+        if m.type != "fixed_odds":
+            raise InvalidTransition("pool odds follow the pools; they cannot be set")
+        if m.status in ("settled", "void"):
+            raise InvalidTransition(f"the market is {m.status}")
+        new = dict(m.odds)
+        for key, odds in msg.odds:
+            if key not in new:
+                raise InvalidInput(f"unknown selection {key!r}", field="odds")
+            new[key] = odds
+        m.model = pricing.FixedOddsModel.from_odds(
+            {k: v for k, v in new.items() if v is not None},
+            liability=dict(m.exposure),
+            depth=m.model.depth if m.model else pricing.DEFAULT_DEPTH,
+        )
+        m.reprice()
+        self._touch(m, cycle, "odds")
+        return m.view()
+
+    def _settle(self, m: Market, winner: str, cycle: Cycle) -> dict:
+        if m.status == "settled":
+            raise AlreadySettled(f"the market was settled ({m.winner} won)")
+        if m.status != "closed":
+            raise InvalidTransition(f"cannot settle a market that is {m.status}; close it first")
+        if winner not in m.exposure:
+            raise InvalidInput(f"unknown selection {winner!r}", field="winner")
+        accepted = [b for b in m.bets.values() if b.status == "accepted"]
+        now = time.time()
+        pool = winning = 0
+        if m.type == "pool":
+            pool = sum(b.amount for b in accepted)
+            winning = sum(b.amount for b in accepted if b.selection == winner)
+            if winning == 0:  # nobody to pay: the round is void, stakes back
+                return self._transition(m, "void", cycle)
+        for bet in accepted:
+            if bet.selection == winner:
+                bet.status = "won"
+                bet.payout = (
+                    pricing.pool_payout(bet.amount, pool, winning, m.takeout_bp)
+                    if m.type == "pool"
+                    else bet.potential or 0
+                )
+                bet.payout_state = "owed" if bet.payout else "none"
+            else:
+                bet.status = "lost"
+            bet.settled_at = now
+        m.status, m.winner, m.settled_at = "settled", winner, now
+        cycle.writes.append(
+            MarketSettled(
+                m.id,
+                winner,
+                accepted,
+                pool if m.type == "pool" else 0,
+                winning if m.type == "pool" else 1,
+            )
+        )
+        self._touch(m, cycle, "status_changed")
+        return m.view()
+
+    def _recover(self, m: Market, stakes_only: bool, cycle: Cycle) -> int:
+        """Resend the money moves that a crash or a failed call left half-way: those of
+        bets unfinished for `RECOVERY_AGE_S` and not moving now."""
+        due = time.time() - RECOVERY_AGE_S
+        unfinished = [b for b in map(m.bets.__getitem__, m.unstaked) if b.placed_at < due]
+        if not stakes_only:
+            unfinished += [
+                b
+                for b in m.bets.values()
+                if b.payout_state == "owed"
+                and b.stake != "reserved"
+                and (b.settled_at or b.placed_at) < due
+            ]
+        unfinished = [b for b in unfinished if b.id not in self.saga.moving]
+        cycle.writes.append(BetsToRecover(m.id, unfinished))
+        if stakes_only and not m.unstaked:  # the stored count ran high: set it right
+            self._touch(m, cycle, "stakes")
+        return len(unfinished)
+
+    def _money_moved(self, m: Market, msg: MoneyMoved, cycle: Cycle) -> None:
+        for bet_id in msg.staked:
+            bet = m.bets[bet_id]
+            if bet.stake == "reserved":
+                bet.stake = "committed"
+                m.unstaked.discard(bet_id)
+                cycle.writes.append(StakeCommitted(m.id, bet))
+        for bet_id in msg.returned:
+            bet = m.bets[bet_id]
+            if bet.stake == "reserved":  # the reservation ended first: the bet never stood
+                m.unstaked.discard(bet_id)
+                if bet.status in ("accepted", "won", "lost"):
+                    m.add_exposure(bet, -1)
+                    m.reprice()
+                bet.stake, bet.status, bet.payout, bet.payout_state = "returned", "void", 0, "none"
+                cycle.writes.append(BetChanged(m.id, bet))
+                self._touch(m, cycle, "odds")
+        for bet_id in msg.paid:
+            bet = m.bets[bet_id]
+            if bet.payout_state == "owed":
+                bet.payout_state = "paid"
+                cycle.writes.append(BetChanged(m.id, bet))
+
+    def _touch(self, m: Market, cycle: Cycle, change: str) -> None:
+        m.version += 1
+        cycle.writes.append(MarketChanged(m, change))
+
+    async def persist(self, conn: asyncpg.Connection, cycle: Cycle) -> None:
+        stored = await store_cycle(conn, cycle.writes, self.host.settings.shards)
+
+        def remember() -> None:
+            for m in stored.markets.values():
+                m.stored_version = m.version
+            publish_cycle(get_publisher(self.host.settings.namespace), stored)
+
+        cycle.after_commit.append(remember)
+
+    def finish(self, cycle: Cycle) -> Awaitable[None] | None:
+        return self.saga.finish(cycle.writes)
+
+    async def tick(self) -> None:
+        await self.saga.recover()
+
+    async def query(self, name: str, args: dict[str, Any]) -> Any:
+        """Reads (and catalog writes) that need no entity: `actors.markets.queries`."""
+        handler = queries.HANDLERS.get(name)
+        if handler is None:
+            return await super().query(name, args)
+        async with self.host.pool.acquire() as conn:
+            return await handler(conn, **args)

@@ -1,0 +1,56 @@
+"""What a market's commit cycle records: one type per kind of write, persisted by
+`store`, published by `events`, and followed by the saga's money moves."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from actors.runtime import Op
+
+from .state import Bet, Market
+
+
+class MarketChanged(NamedTuple):
+    market: Market
+    # "status_changed" or "odds" (published), or "stakes": only its count of
+    # unstaked bets was set right, which nobody needs to hear about.
+    change: str
+
+
+class BetPlaced(NamedTuple):
+    market_id: str
+    bet: Bet
+    op: Op
+
+
+class BetChanged(NamedTuple):
+    market_id: str
+    bet: Bet
+
+
+class StakeCommitted(NamedTuple):
+    market_id: str
+    bet: Bet
+
+
+class MarketSettled(NamedTuple):
+    market_id: str
+    winner: str
+    accepted: list[Bet]
+    pool: int  # pools: every stake; fixed odds: 0
+    winning: int  # pools: the stakes on the winner; fixed odds: 1
+
+
+class StakeReleased(NamedTuple):
+    """A bet refused after its stake was reserved: the saga gives the stake back."""
+
+    market_id: str
+    user_id: str
+    bet_id: str
+
+
+class BetsToRecover(NamedTuple):
+    """Bets whose money a crash left half-way: the saga moves it again."""
+
+    market_id: str
+    bets: list[Bet]

@@ -1,0 +1,2 @@
+"""Operations: the embedded PostgreSQL (`pgserver`), the migrations runner
+(`migrate`) and the ledger audit (`audit`)."""

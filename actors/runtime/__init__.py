@@ -1,0 +1,57 @@
+"""The generic entity runtime: virtual actors (Orleans grains, Akka sharded
+entities) hosted many to a Ray actor, persisted to PostgreSQL.
+
+It knows no domain: kinds of entity subclass `EntityKind` and `register_kind`
+themselves; callers reach them through a `Router`.
+"""
+
+from .directory import host_name
+from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable, WrongHost
+from .host import EntityHost, host_handles, ignore_outcome
+from .ids import canonical_id, new_id, random_uuids, shard_of
+from .kind import (
+    Cycle,
+    EntityKind,
+    Op,
+    RetryCycle,
+    StaleActivation,
+    check_versioned_update,
+    kind_named,
+    register_kind,
+    retry_carefully_on_duplicate,
+)
+from .liveness import is_actor_down
+from .router import Router, connect_router
+from .settings import KindSettings, RuntimeSettings
+from .wire import wire_type
+
+__all__ = [
+    "Cycle",
+    "EntityCrashed",
+    "EntityHost",
+    "EntityKind",
+    "InvalidInput",
+    "KindSettings",
+    "LootifyError",
+    "Op",
+    "RetryCycle",
+    "Router",
+    "RuntimeSettings",
+    "StaleActivation",
+    "Unavailable",
+    "WrongHost",
+    "canonical_id",
+    "check_versioned_update",
+    "connect_router",
+    "host_handles",
+    "host_name",
+    "ignore_outcome",
+    "is_actor_down",
+    "kind_named",
+    "new_id",
+    "random_uuids",
+    "register_kind",
+    "retry_carefully_on_duplicate",
+    "shard_of",
+    "wire_type",
+]

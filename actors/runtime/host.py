@@ -1,0 +1,388 @@
+"""The host: a Ray actor hosting many entities of one kind.
+
+A Ray actor is a process (~95 MB); an entity must cost a few hundred bytes. So, as
+Orleans silos host grains, an `EntityHost` hosts every entity of the logical shards
+the durable directory gives it:
+
+* an id hashes to one of `shards` logical shards; the directory maps shards to
+  hosts; hosts are named detached actors, restarted by Ray after any crash;
+* an entity is activated on its first message (loaded from PostgreSQL, many at
+  once), handles its messages one at a time in arrival order, and is passivated
+  after `idle_seconds` without one;
+* a host works in commit cycles: it takes every message queued since the last
+  cycle, applies them in order, writes all their changes in one PostgreSQL
+  transaction (group commit), and only then answers them;
+* an unexpected exception in a handler fails that message with `EntityCrashed`;
+  the entity is dropped after the cycle and rebuilt from PostgreSQL on its next
+  message, while the host and every other entity go on.
+
+What an entity *is* lives in an `EntityKind` (`actors.runtime.kind`); callers reach
+hosts through a `Router` (`actors.runtime.router`), which batches messages per host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+import psutil
+import ray
+
+from .directory import ensure_directory, host_name, read_directory
+from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
+from .ids import shard_of
+from .kind import Cycle, EntityKind, Op, RetryCycle
+from .settings import KindSettings, RuntimeSettings
+from .wire import decode_batch, encode_outcomes
+
+log = logging.getLogger(__name__)
+
+
+class Entry:
+    """One activated entity in the host's table."""
+
+    __slots__ = ("state", "last_used")
+
+    def __init__(self, state: Any, now: int) -> None:
+        self.state = state
+        self.last_used = now
+
+
+@ray.remote(  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
+    max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=10_000
+)
+class EntityHost:
+    """A Ray actor hosting the entities of some shards of one kind.
+
+    Lifecycle: `__init__` runs at creation and after every restart; it keeps no
+    state of its own beyond PostgreSQL, so a restart loses only what was never
+    acknowledged. Entities come back lazily on their next message.
+    """
+
+    def __init__(
+        self,
+        kind: type[EntityKind[Any]],
+        index: int,
+        dsn: str,
+        settings: RuntimeSettings,
+        kind_settings: KindSettings,
+    ) -> None:
+        # A host keeps millions of small long-lived objects; with the default thresholds
+        # the cyclic collector rescans them every few thousand allocations.
+        gc.set_threshold(100_000, 50, 1000)
+        self.kind_name = kind.name
+        self.index = index
+        self.dsn = dsn
+        self.settings = settings
+        self.kind_settings = kind_settings
+        self.entities: dict[str, Entry] = {}
+        self.queue: list[Op] = []
+        self.wake = asyncio.Event()
+        # Held by a running cycle; passivation and resets take it so they never drop
+        # an entity a cycle is working on.
+        self.cycle_lock = asyncio.Lock()
+        self.pool: asyncpg.Pool | None = None
+        self.directory: list[int] = []
+        self.owned: set[int] = set()
+        self.kind = kind(self, kind_settings)
+        self.cycles = 0
+        self.ops_done = 0
+        self.calls = 0
+        # Seconds spent per phase of a cycle, summed (exported as metrics).
+        self.phase_seconds = {"load": 0.0, "prepare": 0.0, "apply": 0.0, "commit": 0.0}
+        self._started: asyncio.Future[None] | None = None
+        # Start right away, after a restart too (recovery must not wait for a caller):
+        # the call runs once __init__ has returned.
+        ray.get_runtime_context().current_actor.directory_view.remote()
+
+    def _ready(self) -> asyncio.Future:
+        # Started on the first call, inside the actor's running event loop.
+        if self._started is None or (
+            self._started.done() and not self._started.cancelled() and self._started.exception()
+        ):
+            self._started = asyncio.ensure_future(self._start())
+        return self._started
+
+    async def _start(self) -> None:
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=4)
+        async with self.pool.acquire() as conn:
+            await ensure_directory(
+                conn, self.kind_name, self.settings.shards, self.kind_settings.hosts
+            )
+            self.directory = await read_directory(conn, self.kind_name)
+        self.owned = {s for s, h in enumerate(self.directory) if h == self.index}
+        asyncio.ensure_future(self._cycles())
+        asyncio.ensure_future(self._housekeeping())
+
+    # -- the Ray API -------------------------------------------------------------
+
+    async def call(self, payload: bytes) -> bytes:
+        """Deliver a batch of `(entity_id, message)` (`wire.encode_batch`); answer each
+        `(ok, result|error)` in the same order (`wire.decode_outcomes`), once its effects
+        are committed."""
+        return encode_outcomes(await self._deliver(decode_batch(payload)))
+
+    async def _deliver(self, batch: list[tuple[str, Any]]) -> list[tuple[bool, Any]]:
+        await self._ready()
+        self.calls += 1
+        loop = asyncio.get_running_loop()
+        ops = [Op(entity_id, message, loop.create_future()) for entity_id, message in batch]
+        try:
+            await self.kind.admit(ops)
+        except Exception:
+            log.exception("admission failed")
+            return [(False, Unavailable("the host could not admit the batch; retry"))] * len(ops)
+        self.queue.extend(ops)
+        self.wake.set()
+        outcomes: list[tuple[bool, Any]] = []
+        for op in ops:
+            try:
+                outcomes.append((True, await op.future))
+            except LootifyError as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def query(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+        """A read (or catalog write) that needs no entity; answered `(ok, result|error)`."""
+        await self._ready()
+        try:
+            return True, await self.kind.query(name, args)
+        except LootifyError as exc:
+            return False, exc
+
+    async def directory_view(self) -> list[int]:
+        await self._ready()
+        return self.directory
+
+    async def stats(self) -> dict[str, Any]:
+        await self._ready()
+        return {
+            "kind": self.kind_name,
+            "index": self.index,
+            "pid": os.getpid(),
+            "rss": psutil.Process().memory_info().rss,
+            "entities": len(self.entities),
+            "queued": len(self.queue),
+            "calls": self.calls,
+            "cycles": self.cycles,
+            "ops": self.ops_done,
+            "phase_seconds": dict(self.phase_seconds),
+        }
+
+    async def passivate_all(self) -> int:
+        """Drop every idle entity now (tests and benchmarks; normal passivation is by age)."""
+        await self._ready()
+        async with self.cycle_lock:
+            return self._passivate(cutoff=None)
+
+    async def reset(self) -> None:
+        """Forget every activated entity (tests clean the tables between cases)."""
+        await self._ready()
+        async with self.cycle_lock:
+            self.entities.clear()
+            await self.kind.reset()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # -- commit cycles----------------------------------------------------------------
+
+    async def _cycles(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                batch, self.queue = self.queue, []
+                try:
+                    async with self.cycle_lock:
+                        await self._run_cycle(batch)
+                except Exception:  # the loop must survive anything a cycle does
+                    log.exception("cycle failed")
+                    for op in batch:  # memory may be ahead of the database: rebuild
+                        self.entities.pop(op.entity_id, None)
+                        if not op.future.done():
+                            op.future.set_exception(Unavailable("the host failed; retry"))
+
+    async def _run_cycle(self, batch: list[Op]) -> None:
+        now = int(time.monotonic())
+        ops: list[Op] = []
+        for op in batch:
+            # An activated entity was owned when it was loaded, and ownership lasts
+            # as long as the host.
+            if op.entity_id in self.entities or (
+                shard_of(op.entity_id, self.settings.shards) in self.owned
+            ):
+                ops.append(op)
+            else:
+                op.future.set_exception(WrongHost(f"{op.entity_id} is not hosted here"))
+        if not ops:
+            return
+        assert self.pool is not None
+        cycle = Cycle()
+        phases = self.phase_seconds
+        async with self.pool.acquire() as conn:
+            t0 = time.perf_counter()
+            missing = list({op.entity_id for op in ops if op.entity_id not in self.entities})
+            if missing:
+                for entity_id, state in (await self.kind.load(conn, missing)).items():
+                    self.entities[entity_id] = Entry(state, now)
+            t1 = time.perf_counter()
+            await self.kind.prepare(conn, ops)
+            t2 = time.perf_counter()
+            phases["load"] += t1 - t0
+            phases["prepare"] += t2 - t1
+
+            answered: list[tuple[Op, Any]] = []
+            refused: list[tuple[Op, LootifyError]] = []
+            crashed: set[str] = set()
+            deferred: list[Op] = []
+            for op in ops:
+                if op.entity_id in crashed:
+                    deferred.append(op)  # rerun after the entity is rebuilt
+                    continue
+                entry = self.entities[op.entity_id]
+                entry.last_used = now
+                mark = cycle.mark()
+                try:
+                    answered.append((op, self.kind.apply(entry.state, op.message, cycle, op)))
+                except LootifyError as exc:
+                    refused.append((op, exc))
+                except Exception as exc:
+                    log.exception("entity %s crashed on %r", op.entity_id, op.message)
+                    cycle.rollback(mark)
+                    crashed.add(op.entity_id)
+                    op.future.set_exception(
+                        EntityCrashed(f"{type(exc).__name__} in {self.kind_name} entity; rebuilt")
+                    )
+
+            t3 = time.perf_counter()
+            phases["apply"] += t3 - t2
+            try:
+                if cycle.writes:
+                    async with conn.transaction():
+                        await self.kind.persist(conn, cycle)
+                phases["commit"] += time.perf_counter() - t3
+            except RetryCycle:
+                # Memory acted on a guess the database refused (e.g. a reference id
+                # used before this activation): rebuild and rerun the cycle carefully.
+                for op in ops:
+                    self.entities.pop(op.entity_id, None)
+                self.kind.careful = True
+                self.queue[:0] = [op for op in ops if not op.future.done()]
+                self.wake.set()
+                return
+            except Exception as exc:  # whatever failed the commit, nothing of the cycle stands
+                log.exception("cycle commit failed")
+                # Memory ran ahead of the database: rebuild every touched entity.
+                for op in ops:
+                    self.entities.pop(op.entity_id, None)
+                for op, _ in answered:
+                    op.future.set_exception(Unavailable(f"storage failed: {type(exc).__name__}"))
+                return
+
+        for op, error in refused:
+            op.future.set_exception(error)
+        for entity_id in crashed:
+            self.entities.pop(entity_id, None)
+        for hook in cycle.after_commit:
+            hook()
+        finishing = self.kind.finish(cycle)
+        if finishing is None:
+            _answer(answered)
+        else:
+            asyncio.ensure_future(self._answer_after(finishing, answered))
+        self.cycles += 1
+        self.ops_done += len(ops)
+        if deferred:
+            self.queue[:0] = deferred
+            self.wake.set()
+
+    async def _answer_after(self, finishing: Awaitable[None], answered: list) -> None:
+        try:
+            await finishing
+        except Exception:  # what finish leaves undone, the kind's recovery finishes
+            log.exception("finishing a cycle failed")
+        _answer(answered)
+
+    async def _housekeeping(self) -> None:
+        interval = max(0.05, min(1.0, self.settings.idle_seconds / 4))
+        last_passivation = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.kind.tick()
+            except Exception:
+                log.exception("tick failed")
+            if time.monotonic() - last_passivation >= self.settings.idle_seconds / 2:
+                last_passivation = time.monotonic()
+                async with self.cycle_lock:
+                    self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
+
+    def _passivate(self, cutoff: int | None) -> int:
+        busy = {op.entity_id for op in self.queue}
+        idle = [
+            entity_id
+            for entity_id, entry in self.entities.items()
+            if (cutoff is None or entry.last_used < cutoff)
+            and entity_id not in busy
+            and self.kind.can_passivate(entry.state)
+        ]
+        for entity_id in idle:
+            del self.entities[entity_id]
+        return len(idle)
+
+    def submit(self, entity_id: str, message: Any, *, within: float = 0.0) -> asyncio.Future:
+        """Queue a message from inside the host (timers, sagas). With `within`, an idle
+        host waits up to that long before it runs a cycle for it, so that bookkeeping
+        rides with the next messages instead of taking a cycle of its own."""
+        loop = asyncio.get_running_loop()
+        op = Op(entity_id, message, loop.create_future())
+        self.queue.append(op)
+        if within > 0:
+            loop.call_later(within, self.wake.set)
+        else:
+            self.wake.set()
+        return op.future
+
+
+def ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Done-callback for a submitted message nobody awaits: its failure is expected
+    and retried elsewhere, so it must not be logged as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _answer(answered: list[tuple[Op, Any]]) -> None:
+    for op, result in answered:
+        if op.future.done():
+            continue
+        if op.error is not None:
+            op.future.set_exception(op.error)
+        else:
+            op.future.set_result(result)
+
+
+def host_handles(
+    kind: type[EntityKind[Any]],
+    dsn: str,
+    settings: RuntimeSettings,
+    kind_settings: KindSettings,
+    count: int | None = None,
+) -> list[Any]:
+    """Get or create the named detached hosts of `kind` (idempotent, from any process):
+    `count` of them, or as many as the kind's settings say."""
+    return [
+        EntityHost.options(  # type: ignore[attr-defined]
+            name=host_name(kind.name, i),
+            namespace=settings.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(kind, i, dsn, settings, kind_settings)
+        for i in range(kind_settings.hosts if count is None else count)
+    ]

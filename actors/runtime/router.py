@@ -1,0 +1,220 @@
+"""Routers: how any process reaches the entities of one kind, batched per host."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .errors import InvalidInput, LootifyError, Unavailable, WrongHost
+from .host import host_handles
+from .ids import shard_of
+from .kind import EntityKind
+from .liveness import ACTOR_DOWN
+from .settings import KindSettings, RuntimeSettings
+from .wire import decode_outcomes, encode_batch
+
+HOST_CACHE_MAX = 100_000
+
+
+class Router:
+    """Sends messages for one entity kind to their hosts, gathered per host.
+
+    With batching on, a message waits up to `window` seconds (or until `max_batch`
+    messages are waiting) and then travels with the others in one Ray call. A host
+    that is down or restarting is retried until `deadline`; every message is
+    idempotent by its reference id, so a retry never acts twice.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        handles: list[Any],
+        directory: list[int],
+        settings: RuntimeSettings,
+        *,
+        batching: bool = True,
+    ) -> None:
+        self.kind = kind
+        self.handles = handles
+        self.directory = directory
+        self.settings = settings
+        self.window = settings.batch_window_ms / 1000 if batching else 0.0
+        self.max_batch = settings.batch_max if batching else 1
+        # entity id -> host index: hashing ids was a visible share of a busy caller.
+        self._hosts: dict[str, int] = {}
+        self.buffers: dict[int, list[Queued]] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.batches_sent = 0
+        self.messages_sent = 0
+
+    def host_of(self, entity_id: str) -> int:
+        host = self._hosts.get(entity_id)
+        if host is None:
+            if len(self._hosts) >= HOST_CACHE_MAX:
+                self._hosts.clear()
+            host = self._hosts[entity_id] = self.directory[
+                shard_of(entity_id, self.settings.shards)
+            ]
+        return host
+
+    def call(self, entity_id: str, message: Any) -> asyncio.Future:
+        """Queue one message; the future resolves to its result or raises its error."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue(entity_id, message, future)
+        return future
+
+    def call_many(self, calls: list[tuple[str, Any]]) -> asyncio.Future:
+        """Queue messages to many entities at once; the future resolves to their
+        outcomes in order, each `(True, result)` or `(False, error)`. Cheaper than
+        gathering one future per message, which a host does for every bet."""
+        future = asyncio.get_running_loop().create_future()
+        if not calls:
+            future.set_result([])
+            return future
+        gathered = _Gathered(len(calls), future)
+        for index, (entity_id, message) in enumerate(calls):
+            self._queue(entity_id, message, _Slot(gathered, index))
+        return future
+
+    def _queue(self, entity_id: str, message: Any, future: asyncio.Future | _Slot) -> None:
+        host = self.host_of(entity_id)
+        buffer = self.buffers.setdefault(host, [])
+        buffer.append((entity_id, message, future))
+        if len(buffer) >= self.max_batch or self.window == 0:
+            self._flush(host)
+        elif host not in self.timers:
+            self.timers[host] = asyncio.get_running_loop().call_later(
+                self.window, self._flush, host
+            )
+
+    def _flush(self, host: int) -> None:
+        timer = self.timers.pop(host, None)
+        if timer is not None:
+            timer.cancel()
+        batch = self.buffers.pop(host, [])
+        if batch:
+            asyncio.ensure_future(self._send(host, batch))
+
+    async def _send(self, host: int, batch: list[Queued]) -> None:
+        self.batches_sent += 1
+        self.messages_sent += len(batch)
+        deadline = time.monotonic() + self.settings.call_deadline_s
+        delay = 0.02
+        try:
+            payload = encode_batch([(i, m) for i, m, _ in batch])
+        except Exception as exc:  # a message that is not a plain value: nothing was sent
+            _fail(batch, InvalidInput(f"a message could not be encoded: {exc!r:.200}"))
+            return
+        while True:
+            try:
+                outcomes = decode_outcomes(await self.handles[host].call.remote(payload))
+                break
+            except ACTOR_DOWN:
+                if time.monotonic() >= deadline:
+                    _fail(batch, Unavailable(f"{self.kind} host {host} is down: retry later"))
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except Exception as exc:  # e.g. a message the host could not unpickle
+                refused = f"{self.kind} host {host} refused the batch: {exc!r:.200}"
+                _fail(batch, Unavailable(refused))
+                return
+        moved = []
+        for (entity_id, message, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            elif isinstance(value, WrongHost):
+                moved.append((entity_id, message, future))
+            else:
+                future.set_exception(value)
+        if moved:
+            await self._refresh_directory()
+            for entity_id, message, future in moved:
+                _chain(self.call(entity_id, message), future)
+
+    async def _refresh_directory(self) -> None:
+        self.directory = await self.handles[0].directory_view.remote()
+        self._hosts.clear()
+
+
+class _Gathered:
+    """The outcomes of one `call_many`, resolved together once all are in."""
+
+    __slots__ = ("outcomes", "missing", "future")
+
+    def __init__(self, count: int, future: asyncio.Future) -> None:
+        self.outcomes: list[tuple[bool, Any] | None] = [None] * count
+        self.missing = count
+        self.future = future
+
+    def settle(self, index: int, outcome: tuple[bool, Any]) -> None:
+        self.outcomes[index] = outcome
+        self.missing -= 1
+        if self.missing == 0 and not self.future.done():
+            self.future.set_result(self.outcomes)
+
+
+class _Slot:
+    """One message's place in a `call_many`; the router settles it like a future."""
+
+    __slots__ = ("gathered", "index", "settled")
+
+    def __init__(self, gathered: _Gathered, index: int) -> None:
+        self.gathered = gathered
+        self.index = index
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, value: Any) -> None:
+        self._settle((True, value))
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle((False, error))
+
+    def _settle(self, outcome: tuple[bool, Any]) -> None:
+        if not self.settled:
+            self.settled = True
+            self.gathered.settle(self.index, outcome)
+
+
+# A queued message: its entity, itself, and what its outcome settles.
+Queued = tuple[str, Any, "asyncio.Future | _Slot"]
+
+
+def _fail(batch: list[Queued], error: LootifyError) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any] | _Slot) -> None:
+    def copy(done: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        error = done.exception()
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+
+
+async def connect_router(
+    kind: type[EntityKind[Any]],
+    dsn: str,
+    settings: RuntimeSettings,
+    kind_settings: KindSettings,
+    *,
+    batching: bool = True,
+) -> Router:
+    """A router to every host of `kind`, creating the hosts if they are missing."""
+    first = host_handles(kind, dsn, settings, kind_settings, count=1)
+    directory = await first[0].directory_view.remote()
+    handles = host_handles(kind, dsn, settings, kind_settings, count=max(directory) + 1)
+    return Router(kind.name, handles, directory, settings, batching=batching)

@@ -1,0 +1,41 @@
+"""The runtime's settings, read from the environment once, when a process builds them.
+
+Every process of the cluster (driver, host actors, Serve replicas) reads the same
+variables, so a setting changed before `make up` reaches all of them; hosts get the
+settings of the process that created them as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    namespace: str = field(default_factory=lambda: os.environ.get("LOOTIFY_NAMESPACE", "lootify"))
+    # Logical shards outnumber hosts so that hosts can be added by moving shards.
+    shards: int = field(default_factory=lambda: env_int("LOOTIFY_SHARDS", 256))
+    idle_seconds: float = field(default_factory=lambda: env_float("LOOTIFY_IDLE_SECONDS", 600.0))
+    batch_window_ms: float = field(
+        default_factory=lambda: env_float("LOOTIFY_BATCH_WINDOW_MS", 1.0)
+    )
+    batch_max: int = field(default_factory=lambda: env_int("LOOTIFY_BATCH_MAX", 1000))
+    call_deadline_s: float = field(
+        default_factory=lambda: env_float("LOOTIFY_CALL_DEADLINE_S", 15.0)
+    )
+
+
+@dataclass(frozen=True)
+class KindSettings:
+    """What the runtime needs of every kind's own settings: how many hosts it runs."""
+
+    hosts: int = 1

@@ -1,0 +1,31 @@
+"""The wallet entity: one per user, with TigerBeetle's two-phase transfers."""
+
+from .kind import WalletKind
+from .messages import (
+    Balance,
+    Commit,
+    Credit,
+    Deposit,
+    Expire,
+    GetBalance,
+    Release,
+    Reserve,
+    Withdraw,
+    validate,
+)
+from .settings import WalletSettings
+
+__all__ = [
+    "Balance",
+    "Commit",
+    "Credit",
+    "Deposit",
+    "Expire",
+    "GetBalance",
+    "Release",
+    "Reserve",
+    "WalletKind",
+    "WalletSettings",
+    "Withdraw",
+    "validate",
+]

@@ -1,0 +1,51 @@
+"""The FastAPI application of one replica: routes, the contract's error shape, the
+body-size limit, request metrics, `/health`, `/metrics` and the Phoenix socket."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from .context import Context
+from .error_handlers import add_error_handlers
+from .health import check_health
+from .middleware import BodyLimit, RequestMetrics
+from .realtime.hub import Hub
+from .realtime.sockets import serve_socket
+from .routes import accounts, betting
+from .schemas import HealthOut
+
+
+def create_app(ctx: Context) -> FastAPI:
+    app = FastAPI(
+        title="Lootify",
+        version="1.0.0",
+        description="Sports betting on Ray: wallets, events, markets and bets. Money and "
+        "odds are decimal strings with two places; errors are "
+        '`{"error": {"code", "message"}}`.',
+    )
+    app.state.ctx = ctx
+    hub = Hub(ctx.subscriber, ctx.metrics, ctx.settings.currency)
+    add_error_handlers(app)
+    app.include_router(accounts.router)
+    app.include_router(betting.router)
+
+    @app.get("/health", response_model=HealthOut, tags=["operations"],
+             responses={503: {"model": HealthOut}})
+    async def health() -> JSONResponse:
+        status, checks = await check_health(ctx)
+        return JSONResponse({"status": status, "checks": checks},
+                            status_code=503 if status == "unhealthy" else 200)
+
+    @app.get("/metrics", response_class=Response, tags=["operations"])
+    async def metrics() -> Response:
+        body, content_type = ctx.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.websocket("/socket/websocket")
+    async def socket(websocket: WebSocket) -> None:
+        await serve_socket(websocket, ctx, hub)
+
+    app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    return app

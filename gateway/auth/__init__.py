@@ -1,0 +1,2 @@
+"""Who the caller is: accounts and password hashing (`users`), bearer tokens and their
+revocation (`tokens`)."""

@@ -1,0 +1,208 @@
+"""The gateway's operations: what the HTTP routes and the Phoenix socket both call.
+
+Each takes the replica's `Context` and, where it acts for a user, the id of the
+already authenticated caller; it checks its arguments (a malformed id is 404, money
+and odds go through `actors.money`) and returns internal values, which `views`
+formats. Event reads come from the replica's odds cache; writes go to the owners and
+refresh the cache at once, and the other replicas' caches through PubSub.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from actors.errors import LootifyError, NotFound
+from actors.money import parse_amount, parse_odds
+
+from .auth import tokens, users
+from .context import Context
+from .errors import Unauthenticated
+from .schemas import BetIn, EventIn, MarketIn
+
+
+def _resource_id(value: str, what: str) -> str:
+    """A UUID from a path or a payload; 404 for anything else (no such resource)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"no such {what}") from None
+
+
+def _stake(value: str | None, field: str) -> int | None:
+    return None if value is None else parse_amount(value, field=field)
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+
+async def register(
+    ctx: Context, ip: str, email: str, username: str, password: str
+) -> tuple[users.User, str]:
+    """A new player account and its token."""
+    await ctx.rate().check_register(ip)
+    user = await users.create_user(ctx.db(), email, username, password)
+    return user, tokens.issue(user)
+
+
+async def login(ctx: Context, ip: str, email: str, password: str) -> tuple[users.User, str]:
+    limiter = ctx.rate()
+    await limiter.check_login(ip, email)
+    try:
+        user = await users.authenticate(ctx.db(), email, password)
+    except Unauthenticated:
+        await limiter.login_failed(email)
+        raise
+    await limiter.login_succeeded(email)
+    return user, tokens.issue(user)
+
+
+async def account(ctx: Context, user_id: str) -> users.User:
+    user = await users.get_user(ctx.db(), user_id)
+    if user is None:
+        raise Unauthenticated("the account of this token no longer exists")
+    return user
+
+
+async def logout(ctx: Context, claims: tokens.Claims) -> None:
+    await tokens.revoke(ctx.db(), claims)
+
+
+# -- wallet --------------------------------------------------------------------------------
+
+
+async def balance(ctx: Context, user_id: str) -> Any:
+    return await (await ctx.aio()).wallet(user_id).balance()
+
+
+async def deposit(ctx: Context, user_id: str, amount: int, reference: str) -> Any:
+    return await (await ctx.aio()).wallet(user_id).deposit(amount, reference)
+
+
+async def withdraw(ctx: Context, user_id: str, amount: int, reference: str) -> Any:
+    return await (await ctx.aio()).wallet(user_id).withdraw(amount, reference)
+
+
+async def transactions(ctx: Context, user_id: str, limit: int, before: str | None) -> list:
+    return await (await ctx.aio()).wallet(user_id).transactions(limit, before)
+
+
+# -- events and markets --------------------------------------------------------------------
+
+
+async def rendered_events(ctx: Context) -> bytes:
+    """Every event, as the JSON body of `GET /api/events`."""
+    await ctx.odds_cache.ensure_loaded()
+    return ctx.odds_cache.rendered()
+
+
+async def get_event(ctx: Context, event_id: str) -> dict:
+    event = await ctx.odds_cache.fetch(_resource_id(event_id, "event"))
+    if event is None:
+        raise NotFound("no such event")
+    return event
+
+
+async def create_event(ctx: Context, body: EventIn) -> dict:
+    starts_at = body.starts_at
+    if starts_at.tzinfo is None:
+        starts_at = starts_at.replace(tzinfo=dt.UTC)
+    event = await (await ctx.aio()).create_event(body.name, body.category, starts_at)
+    ctx.odds_cache.put_event(event)
+    ctx.publish_changed(event["id"])
+    return event
+
+
+async def create_market(ctx: Context, event_id: str, body: MarketIn) -> dict:
+    # Odds stay strings here: the market layer parses them (with `parse_odds`).
+    selections = [
+        {"key": s.key, "name": s.name,
+         "odds": None if s.odds is None else str(parse_odds(s.odds, field=f"odds of {s.key}"))}
+        for s in body.selections
+    ]
+    market = await (await ctx.aio()).create_market(
+        _resource_id(event_id, "event"), body.name, body.type, selections,
+        overround=body.overround, takeout=body.takeout,
+        min_stake=_stake(body.min_stake, "min_stake"),
+        max_stake=_stake(body.max_stake, "max_stake"),
+        max_payout=_stake(body.max_payout, "max_payout"),
+    )
+    ctx.odds_cache.put_market(market)
+    ctx.publish_changed(market["event_id"])
+    return market
+
+
+async def _change_market(ctx: Context, market_id: str, op: str, *args: Any) -> dict:
+    handle = (await ctx.aio()).market(_resource_id(market_id, "market"))
+    market = await getattr(handle, op)(*args)
+    ctx.odds_cache.put_market(market)
+    return market
+
+
+async def suspend_market(ctx: Context, market_id: str) -> dict:
+    return await _change_market(ctx, market_id, "suspend")
+
+
+async def reopen_market(ctx: Context, market_id: str) -> dict:
+    return await _change_market(ctx, market_id, "reopen")
+
+
+async def close_market(ctx: Context, market_id: str) -> dict:
+    return await _change_market(ctx, market_id, "close")
+
+
+async def set_odds(ctx: Context, market_id: str, odds: dict[str, str]) -> dict:
+    parsed = {k: str(parse_odds(v, field=f"odds of {k}")) for k, v in odds.items()}
+    return await _change_market(ctx, market_id, "set_odds", parsed)
+
+
+async def settle_market(ctx: Context, market_id: str, winner: str) -> dict:
+    return await _change_market(ctx, market_id, "settle", winner)
+
+
+async def void_market(ctx: Context, market_id: str) -> dict:
+    return await _change_market(ctx, market_id, "void")
+
+
+# -- bets ----------------------------------------------------------------------------------
+
+
+def check_bet_rate(ctx: Context, user_id: str, channel: str) -> None:
+    try:
+        ctx.rate().check_bet(user_id)
+    except LootifyError as exc:
+        ctx.metrics.bets_refused.labels(exc.code, channel).inc()
+        raise
+
+
+async def place_bet(ctx: Context, user_id: str, body: BetIn, *, bet_id: str | None = None,
+                    channel: str = "http", check_rate: bool = True) -> dict:
+    """Validate and place one bet (HTTP and the socket's `place_bet`)."""
+    if check_rate:
+        check_bet_rate(ctx, user_id, channel)
+    metrics = ctx.metrics
+    try:
+        market_id = _resource_id(body.market_id, "market")
+        amount = parse_amount(body.amount)
+        odds = None if body.odds is None else str(parse_odds(body.odds))
+        bet = await (await ctx.aio()).place_bet(
+            user_id, market_id, body.selection, amount, odds, body.accept_odds, bet_id=bet_id
+        )
+    except LootifyError as exc:
+        metrics.bets_refused.labels(exc.code, channel).inc()
+        raise
+    metrics.bets_placed.labels(channel).inc()
+    return bet
+
+
+async def cancel_bet(ctx: Context, user_id: str, bet_id: str) -> dict:
+    return await (await ctx.aio()).cancel_bet(user_id, _resource_id(bet_id, "bet"))
+
+
+async def list_bets(ctx: Context, user_id: str) -> list[dict]:
+    return await (await ctx.aio()).list_bets(user_id)
+
+
+async def get_bet(ctx: Context, user_id: str, bet_id: str) -> dict:
+    return await (await ctx.aio()).get_bet(user_id, _resource_id(bet_id, "bet"))
