@@ -12,7 +12,8 @@ epoll, condition variables; `gil wait` when the waiter is the interpreter taking
 GIL back), then answers shares of the running samples:
   - `self`: the innermost frames (function and file, without the line);
   - `library`: each sample charged to the innermost frame that belongs to a known
-    library or layer (`LIBRARIES`, first match wins), else `python/native other`;
+    library or layer (`LIBRARIES`, first match wins; a system call or a thread
+    hand-off is a layer of its own), else `python/native other`;
   - `inclusive`: the share with a frame of each of `INCLUSIVE` anywhere in the stack
     (e.g. all the work done under the idempotency-key code).
 """
@@ -33,12 +34,15 @@ PY_SPY = Path(sys.executable).with_name("py-spy")
 
 # (label, regular expression on one frame), checked in order against each frame.
 LIBRARIES = [
+    ("write/read syscalls (sockets, pipes)", r"^(write|read|writev|readv|sendmsg|recvmsg) \("),
+    ("thread hand-offs (GIL, condition variables)",
+     r"^(pthread_cond_signal|pthread_cond_broadcast|sched_yield) \("),
     ("ray core (_raylet, core worker)", r"_raylet|ray::core|ray::rpc|grpc|boost::|absl::|"
                                         r"ray/_private|ray/actor\.py|ray/remote_function"),
     ("ray serve", r"ray/serve/"),
     ("pickle / cloudpickle", r"pickle"),
     ("msgpack (actors/wire)", r"msgpack|actors/wire\.py"),
-    ("asyncpg", r"asyncpg"),
+    ("asyncpg", r"asyncpg|\((protocol|pgproto)\.c\)"),
     ("fastapi / starlette", r"fastapi/|starlette/"),
     ("pydantic", r"pydantic"),
     ("uvicorn / httptools / h11", r"uvicorn/|httptools|h11/"),
@@ -48,7 +52,8 @@ LIBRARIES = [
     ("prometheus_client / logging", r"prometheus_client|logging/"),
     ("gateway (app)", r"gateway/"),
     ("actors (app runtime)", r"actors/"),
-    ("asyncio / uvloop (event loop)", r"asyncio/|_asynciomodule|uvloop|selectors\.py"),
+    ("asyncio / uvloop (event loop)", r"asyncio/|_asynciomodule|uvloop|selectors\.py|"
+                                      r"\((loop|core|linux|stream|loop-watcher|queue)\.[ch]\)"),
 ]
 INCLUSIVE = {
     "actor's asyncio loop thread": r"initialize_eventloops_for_actor",
