@@ -33,5 +33,5 @@ bench: venv
 # ruff, mypy, and the import contracts in pyproject.toml (layers, no cycles).
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy actors gateway serve_app.py scripts/cluster.py scripts/bench.py
+	$(VENV)/bin/mypy actors gateway serve_app.py scripts
 	$(VENV)/bin/lint-imports

@@ -3,10 +3,12 @@
 Modes (all print one JSON object on stdout; a summary goes to stderr):
 
   http    closed-loop `POST /api/bets` over `--concurrency` HTTP/1.1 keep-alive
-          connections for `--duration` seconds after `--warmup`;
+          connections for `--duration` seconds after `--warmup`; every bet carries
+          its own `Idempotency-Key`, as a client of a money API sends;
           -> {bets_per_s, p50, p95, p99, max, ok, errors: {status or code: n}, ...}
   ws      `--concurrency` Phoenix sockets, each joined to `user:{id}`, each pushing
-          `place_bet` and waiting for its `phx_reply` before the next;
+          `place_bet` and waiting for its `phx_reply` before the next (the contract's
+          `place_bet` payload has no key or reference: the server names each bet);
           -> the same figures, latency = push to reply.
   fanout  `--sockets` Phoenix sockets joined to `event:{event_id}`; the generator then
           changes the odds of `--market` `--changes` times with
@@ -54,7 +56,7 @@ from urllib.parse import urlsplit
 try:
     import uvloop
 except ImportError:  # pragma: no cover
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -169,7 +171,7 @@ class HttpConnection(asyncio.Protocol):
     """One keep-alive connection, one request at a time; Content-Length or chunked."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until connected
         self.buf = bytearray()
         self.waiter: asyncio.Future | None = None
         self.closed = False
@@ -226,7 +228,7 @@ class HttpConnection(asyncio.Protocol):
             total, body = end + 4, b""
         del buf[:total]
         waiter, self.waiter = self.waiter, None
-        if not waiter.done():
+        if waiter is not None and not waiter.done():
             waiter.set_result((status, body, b"\r\nconnection: close" in head))
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
@@ -276,7 +278,8 @@ async def run_http(cfg: dict, args: argparse.Namespace) -> dict[str, Any]:
     users = cfg["users"]
     conc = args.concurrency
     window = Window(args.warmup, args.duration)
-    conn_errors = Counter()
+    conn_errors: Counter[str] = Counter()
+    run_id = os.urandom(8).hex().encode()  # keys are unique across runs as well
 
     async def worker(w: int) -> None:
         rng = random.Random(args.seed * 7919 + w)
@@ -287,6 +290,7 @@ async def run_http(cfg: dict, args: argparse.Namespace) -> dict[str, Any]:
         # request_bytes put the empty body's headers last: rebuild them per bet
         heads = [h[: h.rfind(b"Content-Length:")] for h in heads]
         sels = [s.encode() for s in cfg.get("selections", ["home", "away"])]
+        key_prefix = b"Idempotency-Key: %s-%d-" % (run_id, w)
         conn: HttpConnection | None = None
         n = w
         while time.perf_counter() < window.end:
@@ -300,7 +304,8 @@ async def run_http(cfg: dict, args: argparse.Namespace) -> dict[str, Any]:
             n += 1
             body = bet_body(picker.market(), sels[rng.randrange(len(sels))].decode(),
                             args.amount)
-            data = heads[n % len(heads)] + b"Content-Length: %d\r\n\r\n" % len(body) + body
+            data = (heads[n % len(heads)] + key_prefix + b"%d\r\nContent-Length: %d\r\n\r\n"
+                    % (n, len(body)) + body)
             t0 = time.perf_counter()
             try:
                 status, answer = await conn.request(data)
@@ -328,6 +333,7 @@ async def run_http_httpx(cfg: dict, args: argparse.Namespace, window: Window) ->
 
     users = cfg["users"]
     conc = args.concurrency
+    run_id = os.urandom(8).hex()
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(base_url=cfg["base_url"], limits=limits, timeout=30,
                                  trust_env=False) as client:
@@ -343,8 +349,9 @@ async def run_http_httpx(cfg: dict, args: argparse.Namespace, window: Window) ->
                 body = bet_body(picker.market(), sels[rng.randrange(len(sels))], args.amount)
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/api/bets", content=body, headers={
+                    r = await client.post(args.path, content=body, headers={
                         **auth_headers(cfg, mine[n % len(mine)]),
+                        "Idempotency-Key": f"{run_id}-{w}-{n}",
                         "Content-Type": "application/json"})
                 except httpx.HTTPError as exc:
                     window.record(t0, time.perf_counter(), False, f"conn:{type(exc).__name__}")
@@ -377,7 +384,7 @@ class WsConnection(asyncio.Protocol):
     generator shares 2 cores with the server."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until connected
         self.buf = bytearray()
         self.handshake: asyncio.Future = asyncio.get_running_loop().create_future()
         self.upgraded = False
@@ -525,7 +532,7 @@ class PhoenixSocket:
                    compression: bool = False) -> PhoenixSocket:
         if client == "raw":
             u = urlsplit(base_url)
-            conn = await WsConnection.open(u.hostname, u.port or 80,
+            conn = await WsConnection.open(u.hostname or "127.0.0.1", u.port or 80,
                                            f"/socket/websocket?token={token}&vsn=2.0.0")
             return cls(conn, True)
         from websockets.asyncio.client import connect
