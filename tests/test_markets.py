@@ -557,7 +557,7 @@ def test_same_bet_id_twice_is_one_bet_and_one_debit(lootify, run, database_url, 
         lambda: lootify.place_bet(user, view["id"], "home", 2_000, bet_id=bet_id),
         IdempotencyConflict,
     )
-    # concurrently: both copies travel in one batch, one round
+    # concurrently: both copies travel in one batch, one commit cycle
     concurrent = str(uuid.uuid4())
 
     async def twice():
@@ -576,7 +576,7 @@ def test_same_bet_id_twice_is_one_bet_and_one_debit(lootify, run, database_url, 
 
 def test_retrying_a_refused_bet_id_is_not_a_phantom_acceptance(lootify, run, database_url, aio):
     """A bet refused after its stake was reserved (the price moved earlier in the same
-    round) releases the reservation. Retrying that bet id at the new price must either
+    cycle) releases the reservation. Retrying that bet id at the new price must either
     be accepted for real (stake committed) or be refused: not answered `accepted` and
     then voided behind the client's back."""
     view = new_market(lootify)
@@ -594,7 +594,7 @@ def test_retrying_a_refused_bet_id_is_not_a_phantom_acceptance(lootify, run, dat
     moved, late = run(same_round())
     assert moved["status"] == "accepted"
     if not isinstance(late, OddsChanged):
-        pytest.skip(f"the two bets did not share a round ({late!r})")
+        pytest.skip(f"the two bets did not share a commit cycle ({late!r})")
     assert balance(lootify, user) == (10_000, 10_000, 0)
     price = market.odds()["home"]
     try:
@@ -616,7 +616,7 @@ def test_retrying_a_refused_bet_id_is_not_a_phantom_acceptance(lootify, run, dat
 @pytest.mark.parametrize("by", ["the same user", "another user"])
 def test_bet_id_reused_on_another_market_is_refused_alone(lootify, run, database_url, aio, by):
     """A bet id already used on one market, sent to another, is refused for that caller
-    only; other bets in the same round are accepted. By the same user, the wallet
+    only; other bets in the same commit cycle are accepted. By the same user, the wallet
     refuses it (that stake is spent); by another, the bets' key does, and the second
     caller's reservation is released."""
     first, second = new_market(lootify), new_market(lootify)
@@ -994,7 +994,7 @@ def test_recovery_leaves_alone_the_bets_whose_money_is_moving():
 
 
 def test_recovery_leaves_alone_the_bets_still_young():
-    """Every bet is unstaked for a moment after its round commits; recovery, which now
+    """Every bet is unstaked for a moment after its commit cycle; recovery, which now
     looks at a busy market every tick, must leave those to the saga itself."""
     market = Market(str(uuid.uuid4()))
     market.event_id = str(uuid.uuid4())

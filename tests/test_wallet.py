@@ -453,7 +453,7 @@ def test_reference_id_of_200_characters_is_accepted(wallet):
 @pytest.mark.parametrize("operation", ["deposit", "reserve"])
 def test_missing_reference_id_is_invalid_input(wallet, sql, operation):
     """`reference_id=None` must be refused like any other malformed reference (BUG: it
-    passes `wallet.validate`, reaches the host and fails the whole round's commit)."""
+    passes `wallet.validate`, reaches the host and fails the whole cycle's commit)."""
     uid = new_id()
     w = wallet(uid)
     w.deposit(1_000, reference_id="d-1")
@@ -772,7 +772,7 @@ def test_passivate_all_keeps_state(wallet, aio, run, sql):
 
 
 def test_many_calls_answer_in_order_with_each_outcome(aio, run, sql):
-    """`call_many` (how a market reserves and commits a round's stakes): one outcome per
+    """`call_many` (how a market reserves and commits a cycle's stakes): one outcome per
     message, in the order sent, refusals among them, across every host."""
     users = [new_id() for _ in range(40)]
     router = aio.routers["wallets"]
@@ -830,7 +830,7 @@ def test_entity_crash_fails_only_that_call_and_rebuilds_from_postgres(aio, run, 
     # A valid-looking amount whose arithmetic blows up inside the handler.
     (crashed,) = run(deliver([(uid, Deposit(ExplodingAmount(5), "crash-1"))]))
     assert isinstance(crashed, EntityCrashed)
-    # The crashed entity is dropped (right after its round, which may finish just after
+    # The crashed entity is dropped (right after its cycle, which may finish just after
     # the error reached us) ...
     wait_until(lambda: host_entities(aio, run, host) == 1, timeout=5,
                what="the crashed entity to be dropped")
@@ -899,10 +899,10 @@ def test_a_resolution_does_not_take_an_unrelated_reference_id(wallet):
 
 def test_a_reference_id_cannot_poison_a_reservations_expiry(aio, run, sql):
     """With a time-out, the same collision is worse: once the reservation is due, every
-    round that touches the wallet tries to insert a second `resolve:bet-1` operation and
-    fails its whole commit (UniqueViolation on operations_pkey -> RetryRound, rerun, same
+    cycle that touches the wallet tries to insert a second `resolve:bet-1` operation and
+    fails its whole commit (UniqueViolation on operations_pkey -> RetryCycle, rerun, same
     again), so the reservation never expires and the wallet, and whatever shares its
-    rounds, gets no answer or a stale one."""
+    cycles, gets no answer or a stale one."""
     uid = new_id()
     other = id_on_host(aio, aio.routers["wallets"].host_of(uid), {uid})
 
@@ -917,28 +917,28 @@ def test_a_reference_id_cannot_poison_a_reservations_expiry(aio, run, sql):
                            "where wallet_id = $1 and expires_at > now()", uid)[0]["n"] == 0,
                timeout=10, what="the reservation to fall due")
 
-    async def same_round() -> list[Any]:
+    async def same_cycle() -> list[Any]:
         calls = asyncio.gather(aio.wallet(uid).balance(),
                                aio.wallet(other).deposit(5, reference_id="d-1"),
                                return_exceptions=True)
         try:
             return await asyncio.wait_for(calls, CALL_TIMEOUT_S)
         except TimeoutError:
-            return ["no answer (the host reruns the failing round forever)"]
+            return ["no answer (the host reruns the failing cycle forever)"]
 
-    assert run(same_round()) == [Balance(1_010, 1_010, 0), Balance(5, 5, 0)]
-
-
-# -- passivation racing a round -----------------------------------------------------------------
+    assert run(same_cycle()) == [Balance(1_010, 1_010, 0), Balance(5, 5, 0)]
 
 
-def test_passivation_during_a_round_neither_fails_nor_corrupts_it(aio, run, sql):
-    """Passivation (by age, or `passivate_all`) runs on the host's loop while a round
-    awaits PostgreSQL; it must not drop an entity the round is working on, and a round
+# -- passivation racing a cycle -----------------------------------------------------------------
+
+
+def test_passivation_during_a_cycle_neither_fails_nor_corrupts_it(aio, run, sql):
+    """Passivation (by age, or `passivate_all`) runs on the host's loop while a cycle
+    awaits PostgreSQL; it must not drop an entity the cycle is working on, and a cycle
     that fails must not leave unpersisted changes in memory.
 
     Regression guard (actors/runtime.py): passivation once dropped entities a running
-    round had taken out of the queue, failing the round, and a failed round kept its
+    cycle had taken out of the queue, failing the cycle, and a failed cycle kept its
     unpersisted changes in memory, so a retry applied them twice."""
     router = aio.routers["wallets"]
     host = 0
@@ -951,7 +951,7 @@ def test_passivation_during_a_round_neither_fails_nor_corrupts_it(aio, run, sql)
         await aio.wallet(activated).deposit(100, reference_id="seed")
         deposits[activated] = 100
         fresh = [id_on_host(aio, host) for _ in range(400)]
-        # New wallets first (the round loads them), then one already activated.
+        # New wallets first (the cycle loads them), then one already activated.
         batch = [(u, Deposit(10, f"dep-{n}")) for u in fresh] + [(activated, Deposit(1, "dep"))]
         answer = handle.call.remote(encode_batch(batch))
         await asyncio.sleep(delay)

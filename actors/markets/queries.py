@@ -100,7 +100,7 @@ async def get_bet(conn: asyncpg.Connection, user_id: str, bet_id: str) -> dict[s
 
 
 async def list_bets(conn: asyncpg.Connection, user_id: str, limit: int = 100) -> list[dict]:
-    # The bets of one round share their time: the id keeps the order stable.
+    # The bets of one commit cycle share their time: the id keeps the order stable.
     rows = await conn.fetch(
         _BET + " where user_id = $1 order by placed_at desc, id desc limit $2", user_id, limit
     )
