@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from actors.client import AsyncMarket
 from actors.errors import LootifyError, NotFound
 from actors.money import parse_amount, parse_odds
 
@@ -133,36 +135,39 @@ async def create_market(ctx: Context, event_id: str, body: MarketIn) -> dict:
     return market
 
 
-async def _change_market(ctx: Context, market_id: str, op: str, *args: Any) -> dict:
-    handle = (await ctx.aio()).market(_resource_id(market_id, "market"))
-    market = await getattr(handle, op)(*args)
+async def _change_market(
+    ctx: Context, market_id: str, change: Callable[[AsyncMarket], Awaitable[dict]]
+) -> dict:
+    market = await change((await ctx.aio()).market(_resource_id(market_id, "market")))
     ctx.odds_cache.put_market(market)
     return market
 
 
 async def suspend_market(ctx: Context, market_id: str) -> dict:
-    return await _change_market(ctx, market_id, "suspend")
+    return await _change_market(ctx, market_id, AsyncMarket.suspend)
 
 
 async def reopen_market(ctx: Context, market_id: str) -> dict:
-    return await _change_market(ctx, market_id, "reopen")
+    return await _change_market(ctx, market_id, AsyncMarket.reopen)
 
 
 async def close_market(ctx: Context, market_id: str) -> dict:
-    return await _change_market(ctx, market_id, "close")
+    return await _change_market(ctx, market_id, AsyncMarket.close)
 
 
 async def set_odds(ctx: Context, market_id: str, odds: dict[str, str]) -> dict:
-    parsed = {k: str(parse_odds(v, field=f"odds of {k}")) for k, v in odds.items()}
-    return await _change_market(ctx, market_id, "set_odds", parsed)
+    parsed: dict[str, object] = {
+        k: str(parse_odds(v, field=f"odds of {k}")) for k, v in odds.items()
+    }
+    return await _change_market(ctx, market_id, lambda market: market.set_odds(parsed))
 
 
 async def settle_market(ctx: Context, market_id: str, winner: str) -> dict:
-    return await _change_market(ctx, market_id, "settle", winner)
+    return await _change_market(ctx, market_id, lambda market: market.settle(winner))
 
 
 async def void_market(ctx: Context, market_id: str) -> dict:
-    return await _change_market(ctx, market_id, "void")
+    return await _change_market(ctx, market_id, AsyncMarket.void)
 
 
 # -- bets ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -20,7 +21,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.errors import LootifyError, Unavailable
-from actors.runtime import host_name
+from actors.runtime import KindSettings, RuntimeSettings, connect_router, host_name, kind_named
 from actors.runtime.wire import decode_outcomes, encode_batch
 from actors.wallets import Balance, GetBalance
 from tests.polling import wait_until
@@ -191,3 +192,21 @@ def test_killed_host_is_restarted_under_its_name(aio, run, settings, sql):
         Balance(700, 500, 200), Balance(500, 500, 0))
     assert sql("select available, reserved from wallets.wallets where user_id = $1",
                uid)[0][:] == (500, 0)
+
+
+def test_connecting_to_hosts_that_cannot_start_fails_within_the_deadline(run, settings):
+    """A host whose PostgreSQL accepts connections but never answers cannot learn its
+    shard directory: connecting a router to it answers `Unavailable` after the call
+    deadline, instead of waiting for the database driver's own time-out."""
+    runtime = RuntimeSettings(namespace=f"{settings.namespace}-silent", call_deadline_s=1.0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        dsn = f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/nothing"
+        started = time.monotonic()
+        try:
+            with pytest.raises(Unavailable):
+                run(connect_router(kind_named("wallets"), dsn, runtime, KindSettings(hosts=1)))
+            assert time.monotonic() - started < 10
+        finally:
+            ray.kill(ray.get_actor(host_name("wallets", 0), namespace=runtime.namespace))

@@ -213,8 +213,17 @@ async def connect_router(
     *,
     batching: bool = True,
 ) -> Router:
-    """A router to every host of `kind`, creating the hosts if they are missing."""
+    """A router to every host of `kind`, creating the hosts if they are missing.
+    `Unavailable` when the first host cannot say where the shards are within the call
+    deadline (e.g. it cannot reach PostgreSQL)."""
     first = host_handles(kind, dsn, settings, kind_settings, count=1)
-    directory = await first[0].directory_view.remote()
+    try:
+        directory = await asyncio.wait_for(
+            first[0].directory_view.remote(), settings.call_deadline_s
+        )
+    except TimeoutError as exc:
+        raise Unavailable(
+            f"{kind.name} hosts did not answer within {settings.call_deadline_s}s"
+        ) from exc
     handles = host_handles(kind, dsn, settings, kind_settings, count=max(directory) + 1)
     return Router(kind.name, handles, directory, settings, batching=batching)
