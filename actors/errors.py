@@ -17,6 +17,7 @@ __all__ = [
     "Conflict",
     "EntityCrashed",
     "IdempotencyConflict",
+    "IdempotencyInProgress",
     "InsufficientFunds",
     "InvalidInput",
     "InvalidTransition",
@@ -63,6 +64,12 @@ class IdempotencyConflict(Conflict):
     """The reference id was used before with other arguments."""
 
     code = "idempotency_conflict"
+
+
+class IdempotencyInProgress(Conflict):
+    """The first request with this idempotency key or reference id is still running."""
+
+    code = "idempotency_in_progress"
 
 
 class ReservationResolved(Conflict):

@@ -22,9 +22,6 @@ from .context import Context
 from .errors import Forbidden, Unauthenticated
 
 _REFERENCE_SAFE = re.compile(r"^[\w:.\-]{1,150}$")
-# bet ids derived from Idempotency-Keys: one key of one user is one bet, even if the
-# idempotency row was taken over after a crash.
-_BET_NS = uuid.UUID("6f1c7c2e-4b1e-4d8e-9a4f-0c1d2b3a4e5f")
 
 
 def ctx_of(request: Request) -> Context:
@@ -87,10 +84,6 @@ def reference_for(kind: str, key: str | None) -> str:
     if _REFERENCE_SAFE.match(key):
         return f"http:{kind}:{key}"
     return f"http:{kind}:h{hashlib.sha256(key.encode()).hexdigest()[:48]}"
-
-
-def bet_id_for(user_id: str, key: str | None) -> str | None:
-    return None if key is None else str(uuid.uuid5(_BET_NS, f"{user_id}\n{key}"))
 
 
 Work = Callable[[str | None], Awaitable[tuple[int, Any]]]

@@ -1,5 +1,5 @@
-"""The gateway's own errors: authentication, roles, rate limits, accounts, idempotency
-keys and the socket's channel replies. Like every error a caller can act on, they are
+"""The gateway's own errors: authentication, roles, rate limits, accounts and the
+socket's channel replies. Like every error a caller can act on, they are
 `LootifyError`s, so the HTTP and WebSocket error shapes come from `status` and `code`."""
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ class EmailTaken(Conflict):
     """Registration with an email that already has an account."""
 
     code = "email_taken"
-
-
-class IdempotencyInProgress(Conflict):
-    code = "idempotency_in_progress"
 
 
 # The socket's own errors (Phoenix channel replies).

@@ -39,9 +39,7 @@ from typing import Any
 
 import asyncpg
 
-from actors.errors import IdempotencyConflict, InvalidInput
-
-from .errors import IdempotencyInProgress
+from actors.errors import IdempotencyConflict, IdempotencyInProgress, InvalidInput
 
 KEY_MAX = 255
 RETENTION_S = 24 * 3600

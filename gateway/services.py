@@ -18,10 +18,15 @@ from actors.client import AsyncMarket
 from actors.errors import LootifyError, NotFound
 from actors.money import parse_amount, parse_odds
 
+from . import idempotency
 from .auth import tokens, users
 from .context import Context
 from .errors import Unauthenticated
 from .schemas import BetIn, EventIn, MarketIn
+
+# Bet ids derived from idempotency keys: one key of one user is one bet, whichever
+# replica or socket it comes through.
+_BET_NS = uuid.UUID("6f1c7c2e-4b1e-4d8e-9a4f-0c1d2b3a4e5f")
 
 
 def _resource_id(value: str, what: str) -> str:
@@ -181,18 +186,28 @@ def check_bet_rate(ctx: Context, user_id: str, channel: str) -> None:
         raise
 
 
-async def place_bet(ctx: Context, user_id: str, body: BetIn, *, bet_id: str | None = None,
+async def place_bet(ctx: Context, user_id: str, body: BetIn, *,
+                    idempotency_key: object = None, request_hash: str | None = None,
                     channel: str = "http", check_rate: bool = True) -> dict:
-    """Validate and place one bet (HTTP and the socket's `place_bet`)."""
+    """Validate and place one bet (HTTP and the socket's `place_bet`).
+
+    With an idempotency key the market keeps the key: the bet's id comes from it, and
+    the market answers a replay with the first answer (`replayed` set), refusals
+    included, and another request with the key (`request_hash`) with a conflict."""
     if check_rate:
         check_bet_rate(ctx, user_id, channel)
     metrics = ctx.metrics
     try:
+        bet_id = None
+        if idempotency_key is not None:
+            key = idempotency.check_key(idempotency_key)
+            bet_id = str(uuid.uuid5(_BET_NS, f"{user_id}\n{key}"))
         market_id = _resource_id(body.market_id, "market")
         amount = parse_amount(body.amount)
         odds = None if body.odds is None else str(parse_odds(body.odds))
         bet = await (await ctx.aio()).place_bet(
-            user_id, market_id, body.selection, amount, odds, body.accept_odds, bet_id=bet_id
+            user_id, market_id, body.selection, amount, odds, body.accept_odds,
+            bet_id=bet_id, request_hash=request_hash,
         )
     except LootifyError as exc:
         metrics.bets_refused.labels(exc.code, channel).inc()

@@ -585,14 +585,14 @@ def test_retrying_a_refused_bet_id_is_not_a_phantom_acceptance(lootify, run, dat
     bet_id = str(uuid.uuid4())
 
     async def same_round():
-        return await asyncio.gather(
-            aio.place_bet(mover, view["id"], "home", 5_000),
-            aio.place_bet(user, view["id"], "home", 1_000, odds="2.00", bet_id=bet_id),
-            return_exceptions=True,
-        )
+        # One call, so one commit cycle: the first bet moves the price the second named.
+        return await aio.routers["markets"].call_many([
+            (view["id"], PlaceBet(str(uuid.uuid4()), mover, "home", 5_000, None, "exact")),
+            (view["id"], PlaceBet(bet_id, user, "home", 1_000, 200, "exact")),
+        ])
 
-    moved, late = run(same_round())
-    assert moved["status"] == "accepted"
+    (_, moved), (_, late) = run(same_round())
+    assert moved.status == "accepted"
     if not isinstance(late, OddsChanged):
         pytest.skip(f"the two bets did not share a commit cycle ({late!r})")
     assert balance(lootify, user) == (10_000, 10_000, 0)
@@ -611,6 +611,40 @@ def test_retrying_a_refused_bet_id_is_not_a_phantom_acceptance(lootify, run, dat
         rows[bet_id]
     )
     assert balance(lootify, user) == (9_000, 9_000, 0)
+
+
+def test_a_keyed_bets_outcome_outlives_its_activation(lootify, run, aio):
+    """A keyed bet (one with a request hash) and a keyed refusal are answered again the
+    same after the market is reloaded from PostgreSQL, and another request with the
+    same key is a conflict."""
+    view = new_market(lootify)
+    user = funded(lootify, 1_000)
+    placed_id, refused_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def place(bet_id: str, amount: int, request_hash: str) -> dict:
+        return run(aio.place_bet(user, view["id"], "home", amount, accept_odds="any",
+                                 bet_id=bet_id, request_hash=request_hash))
+
+    bet = place(placed_id, 500, "h-placed")
+    with pytest.raises(InsufficientFunds):
+        place(refused_id, 5_000, "h-refused")
+
+    async def passivate_markets() -> list[int]:
+        return await asyncio.gather(
+            *(h.passivate_all.remote() for h in aio.routers["markets"].handles))
+
+    assert sum(run(passivate_markets())) >= 1
+    lootify.wallet(user).deposit(10_000, reference_id="dep-1")
+    assert place(placed_id, 500, "h-placed") == {**bet, "replayed": True}
+    with pytest.raises(InsufficientFunds):
+        place(refused_id, 5_000, "h-refused")
+    for bet_id in (placed_id, refused_id):
+        with pytest.raises(IdempotencyConflict):
+            place(bet_id, 500, "h-other")
+    assert sum(run(passivate_markets())) >= 1
+    with pytest.raises(InsufficientFunds):  # the market not activated yet, this time
+        place(refused_id, 5_000, "h-refused")
+    assert balance(lootify, user) == (10_500, 10_500, 0)
 
 
 @pytest.mark.parametrize("by", ["the same user", "another user"])

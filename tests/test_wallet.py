@@ -35,7 +35,7 @@ from actors.errors import (
 from actors.money import MAX_AMOUNT
 from actors.ops.audit import ledger_violations
 from actors.runtime.wire import decode_outcomes, encode_batch
-from actors.wallets import Balance, Deposit, Withdraw
+from actors.wallets import Balance, Deposit, GetBalance, Withdraw
 from actors.wallets.messages import MAX_TIMEOUT_S
 from tests.polling import wait_until
 
@@ -982,3 +982,26 @@ def test_passivation_during_a_cycle_neither_fails_nor_corrupts_it(aio, run, sql)
                        f"(stored, deposited), e.g. {list(wrong.items())[:3]}; "
                        f"failed calls: {dict(failures)}")
     assert not failures, f"deposits failed while the host passivated: {dict(failures)}"
+
+
+def test_router_batches_grow_with_load_not_with_a_timer(aio, run):
+    """An idle router sends a message at once, in a call of its own; messages that come
+    while a host's calls are all under way wait, and travel together in its next call."""
+    router = aio.routers["wallets"]
+    users = [str(uuid.uuid4()) for _ in range(300)]
+
+    async def lone_then_burst() -> tuple[int, int]:
+        lone = router.call(users[0], GetBalance())
+        assert router.in_flight[router.host_of(users[0])] == 1  # no timer to wait for
+        await lone
+        before = router.batches_sent
+        answers = [router.call(u, GetBalance()) for u in users]
+        waiting = sum(len(buffer) for buffer in router.buffers.values())
+        await asyncio.gather(*answers)
+        return waiting, router.batches_sent - before
+
+    waiting, calls = run(lone_then_burst())
+    free = len(router.handles) * router.calls_in_flight
+    assert waiting >= len(users) - free
+    # per host: one call per free slot at once, then one for everything that waited
+    assert calls <= free + len(router.handles), calls

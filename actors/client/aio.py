@@ -226,8 +226,11 @@ class AsyncLootify:
         odds: object = None,
         accept_odds: str | None = None,
         bet_id: object = None,
+        request_hash: str | None = None,
     ) -> dict:
-        """Reserve, accept, commit: the bet's id (given, or new) makes it idempotent."""
+        """Reserve, accept, commit: the bet's id (given, or new) makes it idempotent.
+        With `request_hash` (the gateway's, for an Idempotency-Key) a replay gets the
+        first answer, refusals included, and another request with the key a conflict."""
         uid = canonical_id(user_id, field_name="user_id")
         accept = accept_odds or "exact"
         if accept not in markets.ACCEPT_POLICIES:
@@ -239,11 +242,12 @@ class AsyncLootify:
             check_amount(amount),
             None if odds is None else pricing.odds_to_x100(parse_odds(odds)),
             accept,
+            request_hash,
         )
         record = await self.routers["markets"].call(
             canonical_id(market_id, field_name="market_id"), message
         )
-        return record.view()
+        return {**record.view(), "replayed": True} if record.replayed else record.view()
 
     async def get_bet(self, user_id: object, bet_id: object) -> dict:
         return await self._catalog(

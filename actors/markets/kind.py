@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -14,11 +15,17 @@ from actors.errors import (
     AlreadySettled,
     Conflict,
     IdempotencyConflict,
+    IdempotencyInProgress,
+    InsufficientFunds,
     InvalidInput,
     InvalidTransition,
     LootifyError,
     MarketNotOpen,
     NotFound,
+    OddsChanged,
+    PayoutTooHigh,
+    StakeTooHigh,
+    StakeTooLow,
 )
 from actors.pubsub import get_publisher
 from actors.runtime import Cycle, EntityKind, Op, register_kind
@@ -38,19 +45,54 @@ from .messages import (
     Settle,
     Transition,
 )
-from .saga import RECOVERY_AGE_S, BetSaga
+from .saga import RECOVERY_AGE_S, BetSaga, refused_before
 from .settings import MarketSettings
-from .state import Bet, Market
+from .state import Bet, Market, Refusal
 from .store import load_markets, store_cycle, stored_bets
 from .writes import (
     BetChanged,
     BetPlaced,
+    BetRefused,
     BetsToRecover,
     MarketChanged,
     MarketSettled,
     StakeCommitted,
     StakeReleased,
 )
+
+# The refusals a keyed bet's replay gets again, by code; any other failure (a
+# conflict, a host down) is not its outcome, and a retry runs it again.
+REPLAYED_REFUSALS: dict[str, type[LootifyError]] = {
+    cls.code: cls
+    for cls in (
+        InsufficientFunds,
+        MarketNotOpen,
+        OddsChanged,
+        StakeTooLow,
+        StakeTooHigh,
+        PayoutTooHigh,
+        InvalidInput,
+    )
+}
+
+
+def _replayed(m: Market, bet: Bet, msg: PlaceBet) -> BetRecord:
+    """A bet id placed before: its first answer for the same request, else a conflict."""
+    if msg.request_hash is not None and bet.request_hash is not None:
+        same = (bet.user_id, bet.request_hash) == (msg.user_id, msg.request_hash)
+    else:
+        same = (bet.user_id, bet.selection, bet.amount) == (msg.user_id, msg.selection, msg.amount)
+    if not same:
+        raise IdempotencyConflict(f"bet {msg.bet_id} exists with other arguments")
+    if bet.stake == "returned":  # its stake was gone before the commit: it was refused
+        raise refused_before(bet.id)
+    return bet.first_answer(m.id) if msg.request_hash is not None else bet.record(m.id)
+
+
+def _replayed_refusal(refusal: Refusal, msg: PlaceBet) -> LootifyError:
+    if refusal.user_id != msg.user_id or msg.request_hash not in (None, refusal.request_hash):
+        return IdempotencyConflict(f"bet {msg.bet_id} was refused for another request")
+    return REPLAYED_REFUSALS[refusal.code](refusal.message)
 
 
 @register_kind
@@ -67,12 +109,35 @@ class MarketKind(EntityKind[Market]):
         self.stored_bets: dict[str, tuple[str, str]] = {}
         # The cycle's clock: the bets a cycle takes share their time of placing.
         self.now = time.time()
+        # Keyed bets admitted and not yet answered: bet id -> request hash.
+        self.placing: dict[str, str] = {}
 
     async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, Market]:
         return await load_markets(conn, ids)
 
     async def admit(self, ops: list[Op]) -> None:
+        """A keyed bet whose first request is still running is refused before it
+        reserves anything; the rest go to the saga."""
+        for op in ops:
+            msg = op.message
+            if not isinstance(msg, PlaceBet) or msg.request_hash is None:
+                continue
+            running = self.placing.get(msg.bet_id)
+            if running is None:
+                self.placing[msg.bet_id] = msg.request_hash
+                op.future.add_done_callback(partial(self._answered, msg.bet_id))
+            elif running == msg.request_hash:
+                op.prepared = IdempotencyInProgress(
+                    "a request with this Idempotency-Key is still running"
+                )
+            else:
+                op.prepared = IdempotencyConflict(
+                    "this Idempotency-Key was already used with a different request"
+                )
         await self.saga.reserve_stakes(ops)
+
+    def _answered(self, bet_id: str, _: object) -> None:
+        self.placing.pop(bet_id, None)
 
     async def prepare(self, conn: asyncpg.Connection, ops: list[Op]) -> None:
         """In a careful cycle (a bet id of the last one was stored already), look up
@@ -127,36 +192,52 @@ class MarketKind(EntityKind[Market]):
         return m.view()
 
     def _place(self, m: Market, msg: PlaceBet, cycle: Cycle, op: Op) -> BetRecord:
+        if isinstance(op.prepared, (IdempotencyInProgress, IdempotencyConflict)):
+            raise op.prepared
         existing = m.bets.get(msg.bet_id)
         if existing is not None:
-            same = (existing.user_id, existing.selection, existing.amount) == (
-                msg.user_id,
-                msg.selection,
-                msg.amount,
-            )
-            if not same:
-                raise IdempotencyConflict(f"bet {msg.bet_id} exists with other arguments")
-            return existing.record(m.id)
-        if isinstance(op.prepared, BaseException):
-            raise op.prepared
-        if op.prepared != "reserved":  # not prepared: the market did not exist then
-            raise Conflict("the bet was not prepared; retry")
+            return _replayed(m, existing, msg)
+        refusal = m.refused.get(msg.bet_id) if m.refused else None
+        if refusal is not None:
+            if op.prepared == "reserved":  # reserved before the market was activated
+                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+            raise _replayed_refusal(refusal, msg)
         elsewhere = self.stored_bets.get(msg.bet_id)
         if elsewhere is not None:
-            if elsewhere[1] != msg.user_id:  # the reservation is this message's own
+            # The reservation is this message's own unless the stored bet is the same
+            # user's: then it is that bet's.
+            if op.prepared == "reserved" and elsewhere[1] != msg.user_id:
                 cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
             raise IdempotencyConflict(f"bet {msg.bet_id} exists on another market")
         try:
+            if isinstance(op.prepared, BaseException):
+                raise op.prepared
+            if op.prepared != "reserved":  # not prepared: the market did not exist then
+                raise Conflict("the bet was not prepared; retry")
             price = m.quote(msg)
-        except LootifyError:
-            cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+        except LootifyError as exc:
+            if op.prepared == "reserved":
+                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+            if msg.request_hash is not None and type(exc) in REPLAYED_REFUSALS.values():
+                refusal = Refusal(msg.user_id, msg.request_hash, exc.code, exc.message)
+                if m.refused is None:
+                    m.refused = {}
+                m.refused[msg.bet_id] = refusal
+                cycle.writes.append(BetRefused(m.id, msg.bet_id, refusal))
             raise
         # Fixed odds always have a price; a pool bet's payout is decided at settlement.
         potential = None
         if m.type != "pool" and price is not None:
             potential = pricing.fixed_payout(msg.amount, price)
         bet = Bet(
-            msg.bet_id, msg.user_id, msg.selection, msg.amount, price, potential, placed_at=self.now
+            msg.bet_id,
+            msg.user_id,
+            msg.selection,
+            msg.amount,
+            price,
+            potential,
+            placed_at=self.now,
+            request_hash=msg.request_hash,
         )
         m.bets[bet.id] = bet
         m.unstaked.add(bet.id)

@@ -65,6 +65,10 @@ class PlaceBet(NamedTuple):
     amount: int
     odds_x100: int | None
     accept: str
+    # Set when the bet id comes from an idempotency key: it tells a replay of the
+    # same request from another request with that key, and the market keeps the
+    # key's refusal for replays as it keeps its bet.
+    request_hash: str | None = None
 
 
 @wire_type
@@ -107,6 +111,8 @@ class BetRecord(NamedTuple):
     payout: int
     placed_at: float
     settled_at: float | None
+    # An answer to a replayed idempotency key: the first answer, sent again.
+    replayed: bool = False
 
     def view(self) -> dict[str, Any]:
         return {

@@ -82,14 +82,14 @@ class BetSaga:
         cold: list[str] = []
         for op in ops:
             msg = op.message
-            if not isinstance(msg, PlaceBet):
+            if not isinstance(msg, PlaceBet) or op.prepared is not None:
                 continue
             entry = self.host.entities.get(op.entity_id)
             if entry is None:
                 cold.append(msg.bet_id)
             else:
                 m = entry.state
-                if m.event_id is None or msg.bet_id in m.bets:
+                if m.event_id is None or msg.bet_id in m.bets or msg.bet_id in (m.refused or ()):
                     continue  # the cycle answers: not found, or a replay
                 try:
                     m.quote(msg)

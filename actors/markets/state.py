@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from actors.errors import (
     InvalidInput,
@@ -17,6 +17,15 @@ from actors.errors import (
 
 from . import pricing
 from .messages import BetRecord, PlaceBet
+
+
+class Refusal(NamedTuple):
+    """A keyed bet the market refused, and why."""
+
+    user_id: str
+    request_hash: str
+    code: str
+    message: str
 
 
 class Bet:
@@ -33,6 +42,7 @@ class Bet:
         "payout_state",
         "placed_at",
         "settled_at",
+        "request_hash",
     )
 
     def __init__(
@@ -49,6 +59,7 @@ class Bet:
         payout_state: str = "none",
         placed_at: float | None = None,
         settled_at: float | None = None,
+        request_hash: str | None = None,
     ) -> None:
         self.id = id
         self.user_id = user_id
@@ -62,6 +73,24 @@ class Bet:
         self.payout_state = payout_state
         self.placed_at = placed_at if placed_at is not None else time.time()
         self.settled_at = settled_at
+        self.request_hash = request_hash
+
+    def first_answer(self, market_id: str) -> BetRecord:
+        """The bet as it was answered when placed, for a replay of its idempotency key."""
+        return BetRecord(
+            self.id,
+            self.user_id,
+            market_id,
+            self.selection,
+            self.amount,
+            self.odds_x100,
+            self.potential,
+            "accepted",
+            0,
+            self.placed_at,
+            None,
+            replayed=True,
+        )
 
     def record(self, market_id: str) -> BetRecord:
         return BetRecord(
@@ -102,6 +131,7 @@ class Market:
         "exposure",
         "odds",
         "bets",
+        "refused",
         "unstaked",
         "settled_at",
     )
@@ -122,6 +152,8 @@ class Market:
         self.version = 0
         self.stored_version = -1
         self.bets: dict[str, Bet] = {}
+        # The refusals of keyed bets (migration 0007), kept for replays; mostly none.
+        self.refused: dict[str, Refusal] | None = None
         # Ids of the bets whose stake is still reserved (see migration 0006).
         self.unstaked: set[str] = set()
         self.exposure: dict[str, int] = {}  # fixed odds: liability; pool: stakes

@@ -12,10 +12,11 @@ from actors.runtime import check_versioned_update, retry_carefully_on_duplicate,
 
 from . import pricing
 from .clock import to_datetime, to_epoch
-from .state import Bet, Market, pricing_json
+from .state import Bet, Market, Refusal, pricing_json
 from .writes import (
     BetChanged,
     BetPlaced,
+    BetRefused,
     MarketChanged,
     MarketSettled,
     StakeCommitted,
@@ -48,8 +49,8 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
         m.exposure = dict.fromkeys(m.keys, 0)
     for r in await conn.fetch(
         "select id::text, market_id::text, user_id::text, selection, amount, odds_x100, "
-        "potential_payout, status, payout, stake, payout_state, placed_at, settled_at "
-        "from bets.bets where market_id = any($1::uuid[])",
+        "potential_payout, status, payout, stake, payout_state, placed_at, settled_at, "
+        "request_hash from bets.bets where market_id = any($1::uuid[])",
         ids,
     ):
         m = markets[r["market_id"]]
@@ -66,12 +67,22 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
             r["payout_state"],
             to_epoch(r["placed_at"]),
             to_epoch(r["settled_at"]),
+            r["request_hash"],
         )
         m.bets[bet.id] = bet
         if bet.stake == "reserved":
             m.unstaked.add(bet.id)
         if bet.status in ("accepted", "won", "lost"):  # bets that stood keep their exposure
             m.add_exposure(bet, +1)
+    for r in await conn.fetch(
+        "select id::text, market_id::text, user_id::text, request_hash, code, message "
+        "from bets.refused_bets where market_id = any($1::uuid[])",
+        ids,
+    ):
+        m = markets[r["market_id"]]
+        if m.refused is None:
+            m.refused = {}
+        m.refused[r["id"]] = Refusal(r["user_id"], r["request_hash"], r["code"], r["message"])
     for m in markets.values():
         if m.event_id is not None:
             m.reprice()
@@ -79,9 +90,13 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
 
 
 async def stored_bets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[str, str]]:
-    """bet id -> (market id, user id) of those of `ids` that are stored."""
+    """bet id -> (market id, user id) of those of `ids` that are stored, placed or
+    refused."""
     rows = await conn.fetch(
-        "select id::text, market_id::text, user_id::text from bets.bets where id = any($1::uuid[])",
+        "select id::text, market_id::text, user_id::text from bets.bets "
+        "where id = any($1::uuid[]) union all "
+        "select id::text, market_id::text, user_id::text from bets.refused_bets "
+        "where id = any($1::uuid[])",
         ids,
     )
     return {r["id"]: (r["market_id"], r["user_id"]) for r in rows}
@@ -105,6 +120,7 @@ async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) 
     markets = stored.markets
     updated: dict[str, Bet] = {}
     staked: list[str] = []
+    refused: list[BetRefused] = []
     settles: list[MarketSettled] = []
     for write in writes:
         if isinstance(write, MarketChanged):
@@ -120,12 +136,17 @@ async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) 
             staked.append(write.bet.id)
         elif isinstance(write, MarketSettled):
             settles.append(write)
+        elif isinstance(write, BetRefused):
+            refused.append(write)
     for m in markets.values():
         if m.stored_version < 0:
             await _insert_market(conn, m, shards)
     if stored.new_bets:
         with retry_carefully_on_duplicate("a bet id was used on another market"):
             await _insert_bets(conn, stored.new_bets, stored.bet_market)
+    if refused:
+        with retry_carefully_on_duplicate("a refused bet's id was used on another market"):
+            await _insert_refusals(conn, refused)
     for settle in settles:
         await _settle_bets(conn, markets[settle.market_id], settle)
     if updated:
@@ -184,6 +205,7 @@ async def _insert_bets(
             "stake",
             "payout_state",
             "placed_at",
+            "request_hash",
         ],
         records=[
             (
@@ -199,8 +221,22 @@ async def _insert_bets(
                 b.stake,
                 b.payout_state,
                 stamps[b.placed_at],
+                b.request_hash,
             )
             for b in bets
+        ],
+    )
+
+
+async def _insert_refusals(conn: asyncpg.Connection, refused: list[BetRefused]) -> None:
+    await conn.copy_records_to_table(
+        "refused_bets",
+        schema_name="bets",
+        columns=["id", "market_id", "user_id", "request_hash", "code", "message"],
+        records=[
+            (r.bet_id, r.market_id, r.refusal.user_id, r.refusal.request_hash, r.refusal.code,
+             r.refusal.message)
+            for r in refused
         ],
     )
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from actors.runtime import Op
 
-from .state import Bet, Market
+from .state import Bet, Market, Refusal
 
 
 class MarketChanged(NamedTuple):
@@ -21,6 +21,14 @@ class BetPlaced(NamedTuple):
     market_id: str
     bet: Bet
     op: Op
+
+
+class BetRefused(NamedTuple):
+    """A keyed bet refused: its refusal is kept for replays of the key."""
+
+    market_id: str
+    bet_id: str
+    refusal: Refusal
 
 
 class BetChanged(NamedTuple):

@@ -20,10 +20,13 @@ HOST_CACHE_MAX = 100_000
 class Router:
     """Sends messages for one entity kind to their hosts, gathered per host.
 
-    With batching on, a message waits up to `window` seconds (or until `max_batch`
-    messages are waiting) and then travels with the others in one Ray call. A host
-    that is down or restarting is retried until `deadline`; every message is
-    idempotent by its reference id, so a retry never acts twice.
+    With batching on, batches grow with load, not with a timer (smart batching, as in
+    the LMAX disruptor): a message for a host with fewer than `calls_in_flight` calls
+    under way leaves at once; otherwise it waits with the others for the next free
+    call, which takes up to `max_batch` of them. An idle caller pays no wait, and a
+    busy one pays each call's fixed cost once for many messages. A host that is down
+    or restarting is retried until the call deadline; every message is idempotent by
+    its reference id, so a retry never acts twice.
     """
 
     def __init__(
@@ -39,12 +42,12 @@ class Router:
         self.handles = handles
         self.directory = directory
         self.settings = settings
-        self.window = settings.batch_window_ms / 1000 if batching else 0.0
         self.max_batch = settings.batch_max if batching else 1
+        self.calls_in_flight = settings.calls_in_flight if batching else None
         # entity id -> host index: hashing ids was a visible share of a busy caller.
         self._hosts: dict[str, int] = {}
         self.buffers: dict[int, list[Queued]] = {}
-        self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.in_flight: dict[int, int] = {}
         self.batches_sent = 0
         self.messages_sent = 0
 
@@ -61,7 +64,7 @@ class Router:
     def call(self, entity_id: str, message: Any) -> asyncio.Future:
         """Queue one message; the future resolves to its result or raises its error."""
         future = asyncio.get_running_loop().create_future()
-        self._queue(entity_id, message, future)
+        self._send_when_free(self._queue(entity_id, message, future))
         return future
 
     def call_many(self, calls: list[tuple[str, Any]]) -> asyncio.Future:
@@ -73,30 +76,37 @@ class Router:
             future.set_result([])
             return future
         gathered = _Gathered(len(calls), future)
-        for index, (entity_id, message) in enumerate(calls):
+        hosts = {
             self._queue(entity_id, message, _Slot(gathered, index))
+            for index, (entity_id, message) in enumerate(calls)
+        }
+        for host in hosts:
+            self._send_when_free(host)
         return future
 
-    def _queue(self, entity_id: str, message: Any, future: asyncio.Future | _Slot) -> None:
+    def _queue(self, entity_id: str, message: Any, future: asyncio.Future | _Slot) -> int:
         host = self.host_of(entity_id)
-        buffer = self.buffers.setdefault(host, [])
-        buffer.append((entity_id, message, future))
-        if len(buffer) >= self.max_batch or self.window == 0:
-            self._flush(host)
-        elif host not in self.timers:
-            self.timers[host] = asyncio.get_running_loop().call_later(
-                self.window, self._flush, host
-            )
+        self.buffers.setdefault(host, []).append((entity_id, message, future))
+        return host
 
-    def _flush(self, host: int) -> None:
-        timer = self.timers.pop(host, None)
-        if timer is not None:
-            timer.cancel()
-        batch = self.buffers.pop(host, [])
-        if batch:
+    def _send_when_free(self, host: int) -> None:
+        """Start calls to `host` while it has waiting messages and a free call."""
+        limit = self.calls_in_flight
+        buffer = self.buffers.get(host)
+        while buffer and (limit is None or self.in_flight.get(host, 0) < limit):
+            batch, buffer = buffer[: self.max_batch], buffer[self.max_batch :]
+            self.buffers[host] = buffer
+            self.in_flight[host] = self.in_flight.get(host, 0) + 1
             asyncio.ensure_future(self._send(host, batch))
 
     async def _send(self, host: int, batch: list[Queued]) -> None:
+        try:
+            await self._deliver(host, batch)
+        finally:
+            self.in_flight[host] -= 1
+            self._send_when_free(host)
+
+    async def _deliver(self, host: int, batch: list[Queued]) -> None:
         self.batches_sent += 1
         self.messages_sent += len(batch)
         deadline = time.monotonic() + self.settings.call_deadline_s

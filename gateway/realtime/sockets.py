@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from actors.errors import InvalidInput, LootifyError, NotFound
 
-from .. import services, views
+from .. import idempotency, services, views
 from ..auth import tokens
 from ..context import Context
 from ..errors import Forbidden
@@ -203,7 +204,16 @@ class Socket:
         if event == "get_balance":
             return views.balance(await services.balance(ctx, self.user_id), ctx.settings.currency)
         if event == "place_bet":
-            bet = await services.place_bet(ctx, self.user_id, _model(BetIn, payload), channel="ws")
+            # An optional `idempotency_key` makes a resent push one bet, as the HTTP
+            # header does.
+            key = payload.get("idempotency_key")
+            fingerprint = None
+            if key is not None:
+                fingerprint = idempotency.request_hash("PUSH", event, json.dumps(payload))
+            bet = await services.place_bet(
+                ctx, self.user_id, _model(BetIn, payload), idempotency_key=key,
+                request_hash=fingerprint, channel="ws",
+            )
             return {"bet": views.bet(bet)}
         if event == "cancel_bet":
             body = _model(CancelIn, payload)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
-from .. import services, views
+from .. import idempotency, services, views
 from ..auth import tokens
-from ..deps import Authenticated, IdempotencyKey, Operator, bet_id_for, ctx_of, idempotent
+from ..deps import Authenticated, IdempotencyKey, Operator, ctx_of, idempotent
 from ..schemas import (
     ERRORS,
     BetEnvelope,
@@ -97,15 +97,15 @@ async def create_bet(
     body: BetIn, request: Request, claims: tokens.Claims = Authenticated,
     idempotency_key: str | None = IdempotencyKey,
 ):
-    ctx = ctx_of(request)
-    services.check_bet_rate(ctx, claims.user_id, "http")  # before the key: a 429 is not stored
-
-    async def work(key: str | None) -> tuple[int, dict]:
-        bet = await services.place_bet(ctx, claims.user_id, body,
-                                       bet_id=bet_id_for(claims.user_id, key), check_rate=False)
-        return 201, {"bet": views.bet(bet)}
-
-    return await idempotent(request, claims, work)
+    key = request.headers.get("idempotency-key")
+    fingerprint = None
+    if key is not None:
+        fingerprint = idempotency.request_hash(request.method, request.url.path,
+                                               await request.body())
+    bet = await services.place_bet(ctx_of(request), claims.user_id, body,
+                                   idempotency_key=key, request_hash=fingerprint)
+    headers = {"Idempotent-Replayed": "true"} if bet.get("replayed") else None
+    return JSONResponse({"bet": views.bet(bet)}, status_code=201, headers=headers)
 
 
 @router.get("/api/bets", response_model=BetsOut, tags=["bets"])

@@ -5,9 +5,8 @@ import uuid
 
 import pytest
 
-from actors.errors import IdempotencyConflict, InvalidInput
+from actors.errors import IdempotencyConflict, IdempotencyInProgress, InvalidInput
 from gateway import idempotency as idem
-from gateway.errors import IdempotencyInProgress
 
 USER = str(uuid.uuid4())
 H1 = idem.request_hash("POST", "/api/wallet/deposit", b'{"amount": "10.00"}')

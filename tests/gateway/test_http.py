@@ -592,7 +592,7 @@ def test_bets_over_http(api: httpx.Client, new_user) -> None:
     assert 'lootify_bets_refused_total{channel="http",reason="odds_changed"}' in text
 
 
-def test_idempotent_bets(api: httpx.Client, new_user) -> None:
+def test_idempotent_bets(api: httpx.Client, new_user, users_pool, loop_thread) -> None:
     op = new_user("operator")
     mid = _market(api, op, _event(api, op)["id"])["id"]
     p = _funded(api, new_user)
@@ -602,9 +602,82 @@ def test_idempotent_bets(api: httpx.Client, new_user) -> None:
     r2 = api.post("/api/bets", json=body, headers=h)
     assert r1.status_code == r2.status_code == 201
     assert r1.json() == r2.json()
-    r = api.post("/api/bets", json={**body, "amount": "5.00"}, headers=h)
-    assert r.status_code == 409 and error_of(r) == "idempotency_conflict"
+    assert "idempotent-replayed" not in r1.headers
+    assert r2.headers.get("idempotent-replayed") == "true"
+    for other in ({**body, "amount": "5.00"}, {**body, "odds": "9.00"},
+                  {**body, "accept_odds": "any"}):
+        r = api.post("/api/bets", json=other, headers=h)
+        assert r.status_code == 409 and error_of(r) == "idempotency_conflict", other
     assert _balance(api, p) == "96.00"
+    assert len(api.get("/api/bets", headers=p.headers).json()["bets"]) == 1
+    # the market keeps the key, not the gateway: no idempotency row was written
+    keys = loop_thread.run(users_pool.fetchval(
+        "select count(*) from gateway.idempotency_keys where user_id = $1::uuid", p.id))
+    assert keys == 0
+
+
+def test_a_refused_keyed_bet_is_refused_again_on_replay(api: httpx.Client, new_user) -> None:
+    op = new_user("operator")
+    mid = _market(api, op, _event(api, op)["id"])["id"]
+    p = new_user()
+    h = {**p.headers, "Idempotency-Key": "short"}
+    body = {"market_id": mid, "selection": "home", "amount": "4.00"}
+    r = api.post("/api/bets", json=body, headers=h)
+    assert r.status_code == 409 and error_of(r) == "insufficient_funds", r.text
+    api.post("/api/wallet/deposit", json={"amount": "50.00"}, headers=p.headers)
+    r = api.post("/api/bets", json=body, headers=h)
+    assert r.status_code == 409 and error_of(r) == "insufficient_funds", r.text
+    r = api.post("/api/bets", json={**body, "amount": "3.00"}, headers=h)
+    assert r.status_code == 409 and error_of(r) == "idempotency_conflict"
+    assert _balance(api, p) == "50.00"
+    r = api.post("/api/bets", json=body, headers={**p.headers, "Idempotency-Key": "funded"})
+    assert r.status_code == 201, r.text
+    assert _balance(api, p) == "46.00"
+
+
+def test_twenty_concurrent_identical_keyed_bets_place_one(serve_url: str, api: httpx.Client,
+                                                           new_user) -> None:
+    op = new_user("operator")
+    mid = _market(api, op, _event(api, op)["id"])["id"]
+    p = _funded(api, new_user)
+    h = {**p.headers, "Idempotency-Key": f"burst-{uuid.uuid4().hex}"}
+    body = {"market_id": mid, "selection": "away", "amount": "2.00"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=serve_url, timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post("/api/bets", json=body, headers=h) for _ in range(20)))
+
+    responses = asyncio.run(burst())
+    placed = [r for r in responses if r.status_code == 201]
+    busy = [r for r in responses if r.status_code == 409]
+    assert len(placed) + len(busy) == 20, [r.text for r in responses]
+    assert placed and all(r.json() == placed[0].json() for r in placed)
+    assert all(error_of(r) == "idempotency_in_progress" for r in busy)
+    assert _balance(api, p) == "98.00"
+    assert len(api.get("/api/bets", headers=p.headers).json()["bets"]) == 1
+
+
+def test_a_keyed_bet_whose_answer_was_lost_is_answered_on_retry(
+    serve_url: str, api: httpx.Client, new_user
+) -> None:
+    op = new_user("operator")
+    mid = _market(api, op, _event(api, op)["id"])["id"]
+    p = _funded(api, new_user)
+    h = {**p.headers, "Idempotency-Key": "lost"}
+    body = {"market_id": mid, "selection": "home", "amount": "5.00"}
+    with httpx.Client(base_url=serve_url, timeout=0.001) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post("/api/bets", json=body, headers=h)
+    deadline = time.monotonic() + 20
+    while True:  # the first request may still be running: then it is in progress
+        r = api.post("/api/bets", json=body, headers=h)
+        if r.status_code != 409 or time.monotonic() > deadline:
+            break
+        assert error_of(r) == "idempotency_in_progress", r.text
+        time.sleep(0.05)
+    assert r.status_code == 201, r.text
+    assert _balance(api, p) == "95.00"
     assert len(api.get("/api/bets", headers=p.headers).json()["bets"]) == 1
 
 

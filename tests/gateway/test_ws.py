@@ -327,6 +327,26 @@ def test_bets_over_the_socket(socket_for, api: httpx.Client, new_user) -> None:
     assert msg[4]["status"] == "won" and msg[4]["payout"] != "0.00"
 
 
+def test_a_resent_keyed_bet_push_is_one_bet(socket_for, api: httpx.Client, new_user) -> None:
+    _, _, market = _book(api, new_user)
+    u = new_user()
+    api.post("/api/wallet/deposit", json={"amount": "50.00"}, headers=u.headers)
+    phx = socket_for(u.token)
+    topic = f"user:{u.id}"
+    phx.join(topic)
+    bet = {"market_id": market["id"], "selection": "home", "amount": "10.00",
+           "accept_odds": "any", "idempotency_key": "tap-1"}
+    first = phx.push(topic, "place_bet", bet)
+    again = phx.push(topic, "place_bet", bet)
+    assert first["status"] == again["status"] == "ok", (first, again)
+    assert first["response"] == again["response"]
+    other = phx.push(topic, "place_bet", {**bet, "amount": "11.00"})
+    assert other["response"]["reason"] == "idempotency_conflict"
+    bad = phx.push(topic, "place_bet", {**bet, "idempotency_key": 7})
+    assert bad["response"]["reason"] == "invalid_input"
+    assert phx.push(topic, "get_balance", {})["response"]["balance"] == "40.00"
+
+
 def test_pushes_resume_after_a_pubsub_restart(socket_for, api: httpx.Client, new_user,
                                               settings) -> None:
     u = new_user()
