@@ -1,5 +1,6 @@
 """The FastAPI application of one replica: routes, the contract's error shape, the
-body-size limit, request metrics, `/health`, `/metrics` and the Phoenix socket."""
+body-size limit, request metrics, `/health`, `/metrics`, the Phoenix socket, and the
+lane that takes bets past the router (`gateway.lane`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from .context import Context
 from .error_handlers import add_error_handlers
 from .health import check_health
+from .lane import BetLane
 from .middleware import BodyLimit, RequestMetrics
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
@@ -46,6 +48,7 @@ def create_app(ctx: Context) -> FastAPI:
     async def socket(websocket: WebSocket) -> None:
         await serve_socket(websocket, ctx, hub)
 
+    app.add_middleware(BetLane, fastapi=app)
     app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     return app

@@ -130,14 +130,36 @@ def issue(user: _HasIdentity, *, ttl: int | None = None, now: float | None = Non
     return jwt.encode(claims, secret(), algorithm=ALGORITHM)
 
 
+# Tokens whose signature and shape were checked, by (secret, token): a client sends
+# the same token with every request, and checking an HS256 signature again cost more
+# than the rest of authentication. Expiry is still checked at every use.
+_VERIFIED_MAX = 100_000
+_verified: dict[tuple[str, str], Claims] = {}
+
+
 def decode(token: object) -> Claims:
     """Check signature, expiry and shape (no database): `Unauthenticated` otherwise."""
     if not isinstance(token, str) or not token:
         raise Unauthenticated("missing token")
+    key = (secret(), token)
+    known = _verified.get(key)
+    if known is not None:
+        if known.expires_at <= time.time():
+            del _verified[key]
+            raise Unauthenticated("token expired")
+        return known
+    claims = _check(token, key[0])
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[key] = claims
+    return claims
+
+
+def _check(token: str, signing_secret: str) -> Claims:
     try:
         raw = jwt.decode(
             token,
-            secret(),
+            signing_secret,
             algorithms=[ALGORITHM],
             options={"require": ["sub", "role", "jti", "iat", "exp"]},
         )

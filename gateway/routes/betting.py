@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from .. import idempotency, services, views
 from ..auth import tokens
-from ..deps import Authenticated, IdempotencyKey, Operator, ctx_of, idempotent
+from ..deps import Authenticated, IdempotencyKey, Operator, ctx_of, current_claims, idempotent
 from ..schemas import (
     ERRORS,
     BetEnvelope,
@@ -92,16 +94,35 @@ async def void(market_id: str, request: Request, _: tokens.Claims = Operator) ->
 # -- bets ----------------------------------------------------------------------------------
 
 
-@router.post("/api/bets", status_code=201, response_model=BetEnvelope, tags=["bets"])
-async def create_bet(
-    body: BetIn, request: Request, claims: tokens.Claims = Authenticated,
-    idempotency_key: str | None = IdempotencyKey,
-):
+# The hot path takes the bare request: the token and the body are checked here, not by
+# FastAPI's dependency solving and body parsing, which cost a tenth of a replica's CPU
+# per bet. `BET_DOC` documents in OpenAPI what the signature no longer declares.
+BET_DOC = {
+    "parameters": [{
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "maxLength": idempotency.KEY_MAX},
+        "description": "One key of one user is one bet: a replay gets the first answer "
+        "(refusals too) with Idempotent-Replayed: true; 409 idempotency_conflict for "
+        "another body, idempotency_in_progress while the first runs.",
+    }],
+    "requestBody": {"required": True,
+                    "content": {"application/json": {"schema": BetIn.model_json_schema()}}},
+}
+
+
+@router.post("/api/bets", status_code=201, response_model=BetEnvelope, tags=["bets"],
+             openapi_extra=BET_DOC)
+async def create_bet(request: Request) -> JSONResponse:
+    claims = await current_claims(request)
+    raw = await request.body()
+    try:
+        body = BetIn.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
     key = request.headers.get("idempotency-key")
     fingerprint = None
     if key is not None:
-        fingerprint = idempotency.request_hash(request.method, request.url.path,
-                                               await request.body())
+        fingerprint = idempotency.request_hash(request.method, request.url.path, raw)
     bet = await services.place_bet(ctx_of(request), claims.user_id, body,
                                    idempotency_key=key, request_hash=fingerprint)
     headers = {"Idempotent-Replayed": "true"} if bet.get("replayed") else None

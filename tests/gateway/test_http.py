@@ -162,18 +162,22 @@ def test_bad_amounts_are_422(api: httpx.Client, new_user, amount) -> None:
 def test_malformed_bodies_never_500(api: httpx.Client, new_user) -> None:
     u = new_user()
     h = {**u.headers, "Content-Type": "application/json"}
-    for content in (b"", b"{", b"null", b"[1,2]", b'"x"', b"\xff\xfe", b'{"amount": {}}'):
-        r = api.post("/api/wallet/deposit", content=content, headers=h)
-        assert r.status_code == 422, (content, r.text)
-        assert error_of(r) == "invalid_input"
+    for path in ("/api/wallet/deposit", "/api/bets"):  # the router's, and the bet lane's
+        for content in (b"", b"{", b"null", b"[1,2]", b'"x"', b"\xff\xfe", b'{"amount": {}}'):
+            r = api.post(path, content=content, headers=h)
+            assert r.status_code == 422, (path, content, r.text)
+            assert error_of(r) == "invalid_input"
+    r = api.post("/api/bets", content=b"{", headers={"Content-Type": "application/json"})
+    assert r.status_code == 401 and error_of(r) == "unauthenticated"
+    assert r.headers["www-authenticate"] == "Bearer"
 
 
 def test_body_size_limit_is_413(api: httpx.Client, new_user) -> None:
     u = new_user()
     big = b'{"amount": "1.00", "pad": "' + b"x" * (200 * 1024) + b'"}'
-    r = api.post("/api/wallet/deposit", content=big,
-                 headers={**u.headers, "Content-Type": "application/json"})
-    assert r.status_code == 413 and error_of(r) == "payload_too_large"
+    for path in ("/api/wallet/deposit", "/api/bets"):
+        r = api.post(path, content=big, headers={**u.headers, "Content-Type": "application/json"})
+        assert r.status_code == 413 and error_of(r) == "payload_too_large", path
 
     def chunks():
         yield b'{"amount": "1.00", "pad": "'
