@@ -78,7 +78,10 @@ class _Placed:
         self.directory = directory
         self.handles: list[Any] = []
         self.nodes: dict[int, str] = {}  # host index -> the node it was last seen on
+        self.retiring: dict[int, asyncio.TimerHandle] = {}  # host index -> its end
         self.rebalancing: asyncio.Task[None] | None = None
+        # One round of hand-offs at a time: a shard is never in two moves.
+        self.moving = asyncio.Lock()
         self.shards_moved = 0
 
     def placement(self) -> Placement:
@@ -129,6 +132,25 @@ class Coordinator:
         for index in range(len(placed.handles), hosts):
             placed.handles.append(self._start(placed, index, nodes))
         self._rebalance(placed)
+
+    async def move(self, kind: str, shards: list[int], target: int) -> int:
+        """Hand `shards` off to host `target` now (operators, tests); returns the
+        directory's epoch after the move."""
+        placed = self.kinds[kind]
+        if not 0 <= target < len(placed.handles):
+            raise ValueError(f"{kind} has no host {target}")
+        async with placed.moving:
+            sources: dict[int, list[int]] = defaultdict(list)
+            for shard in shards:
+                if placed.directory[shard] != target:
+                    sources[placed.directory[shard]].append(shard)
+            await asyncio.gather(
+                *(
+                    self._hand_off(placed, source, {target: moving})
+                    for source, moving in sources.items()
+                )
+            )
+        return placed.epoch
 
     async def status(self) -> dict[str, Any]:
         """Nodes, hosts (kind, index, node, shards, entities, mailbox) and epochs."""
@@ -211,6 +233,9 @@ class Coordinator:
         return placed
 
     def _start(self, placed: _Placed, index: int, nodes: list[str]) -> Any:
+        retiring = placed.retiring.pop(index, None)
+        if retiring is not None:  # wanted again before it was stopped
+            retiring.cancel()
         node = None
         if nodes:
             load = Counter({node: 0 for node in nodes})
@@ -235,12 +260,13 @@ class Coordinator:
                 self._retire(placed)
                 return
             try:
-                await asyncio.gather(
-                    *(
-                        self._hand_off(placed, source, targets)
-                        for source, targets in by_source(moves).items()
+                async with placed.moving:
+                    await asyncio.gather(
+                        *(
+                            self._hand_off(placed, source, targets)
+                            for source, targets in by_source(moves).items()
+                        )
                     )
-                )
             except Exception:  # e.g. PostgreSQL away: try again a little later
                 log.exception("a rebalance round failed")
                 await asyncio.sleep(s.watch_interval_s)
@@ -251,7 +277,8 @@ class Coordinator:
         try:
             await asyncio.wait_for(
                 placed.handles[source].release.remote(shards),
-                s.handoff_timeout_s + s.call_deadline_s,
+                # The owner waits up to the time-out for money under way, then passivates.
+                2 * s.handoff_timeout_s,
             )
         except (TimeoutError, *ACTOR_DOWN):
             log.warning(
@@ -263,7 +290,7 @@ class Coordinator:
         for target, moving in targets.items():
             try:
                 async with placed.pool.acquire() as conn:
-                    epoch = await asyncio.wait_for(
+                    epoch, moved = await asyncio.wait_for(
                         move_shards(conn, name, moving, source, target), s.call_deadline_s
                     )
             except BaseException:
@@ -277,15 +304,20 @@ class Coordinator:
                     "%s host %d did not answer: it reads the directory as it restarts", name, target
                 )
             # Callers learn the new owner only now that it holds the shards.
-            for shard in moving:
+            for shard in moved:
                 placed.directory[shard] = target
             placed.epoch = max(placed.epoch, epoch)
-            placed.shards_moved += len(moving)
+            placed.shards_moved += len(moved)
 
     def _retire(self, placed: _Placed) -> None:
-        """Hosts beyond the target own no shard any more: stop them."""
-        for handle in placed.handles[placed.target :]:
-            ray.kill(handle, no_restart=True)
+        """Hosts beyond the target own no shard any more: stop them, after a call
+        deadline in which they answer `WrongHost` to callers that still send to them
+        (those ask where the shards went instead of retrying a host that is gone)."""
+        loop = asyncio.get_running_loop()
+        for index in range(placed.target, len(placed.handles)):
+            placed.retiring[index] = loop.call_later(
+                self.settings.call_deadline_s, ray.kill, placed.handles[index]
+            )
         for index in range(placed.target, len(placed.handles)):
             placed.nodes.pop(index, None)
         del placed.handles[placed.target :]

@@ -67,14 +67,14 @@ async def set_host_target(conn: asyncpg.Connection, kind: str, hosts: int) -> No
 
 async def move_shards(
     conn: asyncpg.Connection, kind: str, shards: list[int], source: int, target: int
-) -> int:
-    """Give `shards` of `source` to `target`, bumping their epochs and the directory's;
-    returns the directory's new epoch. Waits for any commit of `source` in flight on
-    those rows (it holds them `for share`)."""
+) -> tuple[int, list[int]]:
+    """Give those of `shards` that `source` owns to `target`, bumping their epochs and
+    the directory's: (the directory's new epoch, the shards moved). Waits for any
+    commit of `source` in flight on those rows (it holds them `for share`)."""
     async with conn.transaction():
-        await conn.execute(
+        rows = await conn.fetch(
             "update runtime.shard_directory set host = $4, epoch = epoch + 1 "
-            "where kind = $1 and shard = any($2::int[]) and host = $3",
+            "where kind = $1 and shard = any($2::int[]) and host = $3 returning shard",
             kind,
             shards,
             source,
@@ -84,7 +84,7 @@ async def move_shards(
             "update runtime.directory_epochs set epoch = epoch + 1 where kind = $1 returning epoch",
             kind,
         )
-    return epoch
+    return epoch, [r["shard"] for r in rows]
 
 
 async def take_lease(conn: asyncpg.Connection, kind: str, host: int) -> int:

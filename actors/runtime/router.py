@@ -123,6 +123,8 @@ class Router:
                 outcomes = decode_outcomes(await self.handles[host].call.remote(payload))
                 break
             except ACTOR_DOWN:
+                if await self._rerouted(host, batch):
+                    return
                 if time.monotonic() >= deadline:
                     _fail(batch, Unavailable(f"{self.kind} host {host} is down: retry later"))
                     return
@@ -145,6 +147,17 @@ class Router:
         if moved:
             await self._redirect(host, moved)
 
+    async def _rerouted(self, host: int, batch: list[Queued]) -> bool:
+        """A host that is down may be one the coordinator retired (its shards went
+        elsewhere, it will not come back): if the directory now sends the batch's
+        messages elsewhere, send them there. False: retry the same host."""
+        await self._refresh_directory(time.monotonic() + min(1.0, self.settings.call_deadline_s))
+        if all(self.host_of(entity_id) == host for entity_id, _, _ in batch):
+            return False
+        for entity_id, message, future in batch:
+            _chain(self.call(entity_id, message), future)
+        return True
+
     async def _redirect(self, refused_by: int, moved: list[Queued]) -> None:
         """Send again, where the coordinator now places them, the messages `refused_by`
         answered `WrongHost`. While their shard is being handed off the coordinator
@@ -165,6 +178,10 @@ class Router:
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def refresh(self) -> None:
+        """Learn where the shards are now (after hosts were added or retired)."""
+        await self._refresh_directory(time.monotonic() + self.settings.call_deadline_s)
 
     async def _refresh_directory(self, deadline: float) -> None:
         """Ask the coordinator where the shards are, within the deadline; a coordinator
