@@ -7,6 +7,7 @@ wait is a poll with a deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -22,6 +23,7 @@ import ray
 from actors.errors import LootifyError, Unavailable
 from actors.runtime import coordinator_handle, shard_of
 from actors.wallets import Balance
+from gateway import cli
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -141,12 +143,13 @@ USERS = 40
 STAKE = 100
 
 
-def test_scaling_out_and_back_in_under_load_loses_and_duplicates_nothing(
-    aio, lootify, run, sql, settings
+def test_lootify_scale_out_and_back_in_under_load_loses_and_duplicates_nothing(
+    aio, lootify, run, sql, settings, monkeypatch, capsys
 ):
-    """Wallets 2 -> 4 -> 2 hosts and markets 1 -> 2 -> 1, by the coordinator (as
-    `lootify scale` does), while deposits and bets keep coming: every acknowledged
+    """`lootify scale`: wallets 2 -> 4 -> 2 hosts and markets 1 -> 2 -> 1 while deposits
+    and bets keep coming; `lootify status --json` shows the hosts. Every acknowledged
     operation is stored exactly once, no shard was held by two hosts in one epoch."""
+    monkeypatch.setenv("LOOTIFY_NAMESPACE", settings.namespace)
     event = lootify.create_event("Home x Away", "football", datetime.now(UTC))
     markets = [
         lootify.create_market(
@@ -195,15 +198,16 @@ def test_scaling_out_and_back_in_under_load_loses_and_duplicates_nothing(
         await asyncio.gather(*(worker(n) for n in range(16)))
 
     load = run(_start(load_all()))
-    handle = coordinator(settings)
     try:
         wait_until(lambda: len(acked_bets) > 50, timeout=30, what="the load to run")
-        ray.get([handle.scale.remote("wallets", 4), handle.scale.remote("markets", 2)],
-                timeout=60)
+        assert cli.main(["scale", "--wallet-hosts", "4", "--market-hosts", "2"]) == 0
         grown = wait_scaled(settings, {"wallets": 4, "markets": 2})
+        capsys.readouterr()
+        assert cli.main(["status", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
         at_four = len(acked_deposits) + len(acked_bets)
-        ray.get([handle.scale.remote("wallets", 2), handle.scale.remote("markets", 1)],
-                timeout=60)
+        assert cli.main(["scale", "--wallet-hosts", "2", "--market-hosts", "1"]) == 0
+        assert "done in" in capsys.readouterr().out
         wait_scaled(settings, {"wallets": 2, "markets": 1})
         wait_until(lambda: len(acked_deposits) + len(acked_bets) > at_four + 100, timeout=30,
                    what="the load to go on after scaling in")
@@ -215,6 +219,13 @@ def test_scaling_out_and_back_in_under_load_loses_and_duplicates_nothing(
 
     shards = Counter(h["kind"] for h in grown["hosts"] if h["shards"])
     assert shards == {"wallets": 4, "markets": 2}
+    assert {(h["kind"], h["index"]) for h in shown["hosts"]} == {
+        ("wallets", 0), ("wallets", 1), ("wallets", 2), ("wallets", 3),
+        ("markets", 0), ("markets", 1)}
+    assert all({"kind", "index", "node", "shards", "entities"} <= set(h) for h in shown["hosts"])
+    assert sum(h["shards"] for h in shown["hosts"] if h["kind"] == "wallets") == 256
+    assert any(n["alive"] for n in shown["nodes"]) and set(shown["epoch"]) == {
+        "wallets", "markets"}
     assert set(failures) <= {Unavailable.__name__}, messages
     assert acked_deposits and acked_bets
 
