@@ -93,6 +93,9 @@ class GatewaySettings:
     max_ongoing_requests: int = 10_000
     replicas: int = 1
     http_port: int = 8000
+    # Where Serve's proxies listen: loopback on one machine (`make up`); all interfaces
+    # on a cluster, so that a load balancer on another machine reaches every node.
+    http_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -116,6 +119,7 @@ class GatewaySettings:
                                              cls.max_ongoing_requests)),
             replicas=int(env.get("LOOTIFY_REPLICAS", cls.replicas)),
             http_port=int(env.get("LOOTIFY_HTTP_PORT", cls.http_port)),
+            http_host=env.get("LOOTIFY_HTTP_HOST", cls.http_host),
         )
 
 
