@@ -66,7 +66,8 @@ def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any
     ).bind()
 
 
-def deploy(port: int) -> None:
-    """Start Serve on 127.0.0.1:`port` and deploy the app (call inside ray.init)."""
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+def deploy(port: int, host: str = "127.0.0.1") -> None:
+    """Start Serve on `host`:`port` (`LOOTIFY_HTTP_HOST`) and deploy the app (call
+    inside ray.init)."""
+    serve.start(http_options={"host": host, "port": port})
     serve.run(build(forwarded_env()), name="lootify", route_prefix="/", blocking=False)

@@ -1,8 +1,12 @@
 """`lootify`: the operators' command line.
 
     lootify create-user --email op@example.com --password '...' --role operator
+    lootify scale --wallet-hosts 4 --market-hosts 2   # waits, showing progress
+    lootify status [--json]                            # nodes, hosts, shards, epochs
 
-Exit status 0 on success, 1 when the request is refused (the reason on stderr).
+`scale` and `status` join the Ray cluster (`RAY_ADDRESS`, else the head `make up`
+started) and ask its coordinator. Exit status 0 on success, 1 when the request is
+refused or does not finish in time (the reason on stderr).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncpg
 from actors.errors import LootifyError
 from actors.settings import service_dsn
 
+from . import cluster_ops
 from .auth import users
 
 
@@ -38,7 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--password", required=True)
     create.add_argument("--username", help="defaults to the part of the email before @")
     create.add_argument("--role", default="player", choices=("player", "operator", "admin"))
+    scale = commands.add_parser("scale", help="set how many hosts each kind keeps; wait")
+    scale.add_argument("--wallet-hosts", type=int, help="wallet host actors")
+    scale.add_argument("--market-hosts", type=int, help="market host actors")
+    scale.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    status = commands.add_parser("status", help="nodes, hosts, shards and epochs")
+    status.add_argument("--json", action="store_true", help="as JSON")
     args = parser.parse_args(argv)
+    if args.command == "scale":
+        targets = {"wallets": args.wallet_hosts, "markets": args.market_hosts}
+        return cluster_ops.scale({k: n for k, n in targets.items() if n is not None},
+                                 args.timeout)
+    if args.command == "status":
+        return cluster_ops.status(as_json=args.json)
     try:
         user = asyncio.run(_create_user(args))
     except LootifyError as exc:

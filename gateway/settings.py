@@ -96,6 +96,9 @@ class GatewaySettings:
     # Serve's log line per request in each replica: the ingress (HAProxy) logs every
     # request already, and the replica's line cost ~4% of its CPU per bet.
     access_log: bool = False
+    # Where Serve's proxies listen: loopback on one machine (`make up`); all interfaces
+    # on a cluster, so that a load balancer on another machine reaches every node.
+    http_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -120,6 +123,7 @@ class GatewaySettings:
             replicas=int(env.get("LOOTIFY_REPLICAS", cls.replicas)),
             http_port=int(env.get("LOOTIFY_HTTP_PORT", cls.http_port)),
             access_log=env.get("LOOTIFY_ACCESS_LOG", "off") == "on",
+            http_host=env.get("LOOTIFY_HTTP_HOST", cls.http_host),
         )
 
 

@@ -7,7 +7,8 @@
 Environment: DATABASE_URL (skip the embedded server), RAY_ADDRESS (deploy to that
 cluster instead of starting a head), LOOTIFY_HTTP_PORT (8000), LOOTIFY_RAY_PORT (6380),
 LOOTIFY_RAY_TEMP_DIR (/tmp/lootify-ray-<uid>), LOOTIFY_RAY_NODE_IP (Ray's choice),
-LOOTIFY_RAY_NUM_CPUS (2), LOOTIFY_PG_PORT (54329), RAY_AUTH_MODE (token).
+LOOTIFY_RAY_NUM_CPUS (2), LOOTIFY_PG_PORT (54329), RAY_AUTH_MODE (token),
+LOOTIFY_HTTP_HOST (127.0.0.1; cluster.yaml sets 0.0.0.0).
 Every LOOTIFY_* variable reaches the Ray processes.
 
 The cluster uses Ray token authentication (its GCS listens on every interface): the
@@ -316,7 +317,7 @@ def _prune_sessions(keep: int = 3) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _deploy(address: str, port: int) -> None:
+def _deploy(address: str, port: int, host: str) -> None:
     os.environ.update(_serve_env())  # the driver reads Serve's settings too
     import ray
 
@@ -331,7 +332,7 @@ def _deploy(address: str, port: int) -> None:
 
         if not hasattr(serve_app, "deploy"):
             raise SystemExit("serve_app.py has no deploy(port) function")
-        serve_app.deploy(port)
+        serve_app.deploy(port, host)
     finally:
         ray.shutdown()
 
@@ -355,7 +356,8 @@ def _wait_healthy(port: int) -> None:
 
 
 def up() -> int:
-    port = GatewaySettings.from_env().http_port
+    gateway = GatewaySettings.from_env()
+    port = gateway.http_port
     _ensure_auth_token()
     with _exclusive():
         config.DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -382,8 +384,8 @@ def up() -> int:
                 _start_ray_head(dsn)
             RAY_ADDRESS_FILE.write_text(address + "\n")
 
-        log(f"deploying the Serve app on port {port}")
-        _deploy(address, port)
+        log(f"deploying the Serve app on {gateway.http_host}:{port}")
+        _deploy(address, port, gateway.http_host)
         _wait_healthy(port)
 
     print()

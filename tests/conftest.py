@@ -44,9 +44,12 @@ def database_url(pg_dsn: str) -> Iterator[str]:  # noqa: F811
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    # Short idle and reservation times so passivation and expiry show within a test.
+    # Short idle and reservation times so passivation and expiry show within a test,
+    # and a short hand-off time-out so a paused host is moved from within one.
     return Settings(
-        runtime=RuntimeSettings(namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0),
+        runtime=RuntimeSettings(
+            namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0, handoff_timeout_s=2.0
+        ),
         markets=MarketSettings(reservation_timeout_s=15.0),
     )
 

@@ -22,6 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.errors import LootifyError, Unavailable
 from actors.runtime import KindSettings, RuntimeSettings, connect_router, host_name, kind_named
+from actors.runtime.coordinator import COORDINATOR_NAME
 from actors.runtime.wire import decode_outcomes, encode_batch
 from actors.wallets import Balance, GetBalance
 from tests.polling import wait_until
@@ -195,9 +196,9 @@ def test_killed_host_is_restarted_under_its_name(aio, run, settings, sql):
 
 
 def test_connecting_to_hosts_that_cannot_start_fails_within_the_deadline(run, settings):
-    """A host whose PostgreSQL accepts connections but never answers cannot learn its
-    shard directory: connecting a router to it answers `Unavailable` after the call
-    deadline, instead of waiting for the database driver's own time-out."""
+    """A PostgreSQL that accepts connections but never answers: the coordinator cannot
+    read the shard directory, and connecting a router answers `Unavailable` after the
+    call deadline, instead of waiting for the database driver's own time-out."""
     runtime = RuntimeSettings(namespace=f"{settings.namespace}-silent", call_deadline_s=1.0)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -209,4 +210,4 @@ def test_connecting_to_hosts_that_cannot_start_fails_within_the_deadline(run, se
                 run(connect_router(kind_named("wallets"), dsn, runtime, KindSettings(hosts=1)))
             assert time.monotonic() - started < 10
         finally:
-            ray.kill(ray.get_actor(host_name("wallets", 0), namespace=runtime.namespace))
+            ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=runtime.namespace))

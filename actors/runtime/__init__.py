@@ -5,9 +5,10 @@ It knows no domain: kinds of entity subclass `EntityKind` and `register_kind`
 themselves; callers reach them through a `Router`.
 """
 
-from .directory import host_name
+from .coordinator import Coordinator, Registration, coordinator_handle
+from .directory import Placement, host_name
 from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable, WrongHost
-from .host import EntityHost, host_handles, ignore_outcome
+from .host import EntityHost, ignore_outcome, start_host
 from .ids import canonical_id, new_id, random_uuids, shard_of
 from .kind import (
     Cycle,
@@ -26,6 +27,7 @@ from .settings import KindSettings, RuntimeSettings
 from .wire import wire_type
 
 __all__ = [
+    "Coordinator",
     "Cycle",
     "EntityCrashed",
     "EntityHost",
@@ -34,6 +36,8 @@ __all__ = [
     "KindSettings",
     "LootifyError",
     "Op",
+    "Placement",
+    "Registration",
     "RetryCycle",
     "Router",
     "RuntimeSettings",
@@ -43,7 +47,7 @@ __all__ = [
     "canonical_id",
     "check_versioned_update",
     "connect_router",
-    "host_handles",
+    "coordinator_handle",
     "host_name",
     "ignore_outcome",
     "is_actor_down",
@@ -53,5 +57,6 @@ __all__ = [
     "register_kind",
     "retry_carefully_on_duplicate",
     "shard_of",
+    "start_host",
     "wire_type",
 ]

@@ -33,8 +33,9 @@ from typing import Any
 import asyncpg
 import psutil
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .directory import ensure_directory, host_name, read_directory
+from .directory import holds_current_epochs, host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
 from .kind import Cycle, EntityKind, Op, RetryCycle
@@ -88,8 +89,14 @@ class EntityHost:
         # an entity a cycle is working on.
         self.cycle_lock = asyncio.Lock()
         self.pool: asyncpg.Pool | None = None
-        self.directory: list[int] = []
+        # The shards this process owns, with the epoch of each (see `directory`), and
+        # the incarnation of the host it is: both are checked inside every commit.
         self.owned: set[int] = set()
+        self.epochs: dict[int, int] = {}
+        self.incarnation = 0
+        # What follows committed cycles (a saga moving money): a hand-off waits for it.
+        self.finishing: set[asyncio.Future[None]] = set()
+        self.fenced_cycles = 0
         self.kind = kind(self, kind_settings)
         self.cycles = 0
         self.ops_done = 0
@@ -99,7 +106,7 @@ class EntityHost:
         self._started: asyncio.Future[None] | None = None
         # Start right away, after a restart too (recovery must not wait for a caller):
         # the call runs once __init__ has returned.
-        ray.get_runtime_context().current_actor.directory_view.remote()
+        ray.get_runtime_context().current_actor.shards.remote()
 
     def _ready(self) -> asyncio.Future:
         # Started on the first call, inside the actor's running event loop.
@@ -111,12 +118,9 @@ class EntityHost:
 
     async def _start(self) -> None:
         self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=4)
-        async with self.pool.acquire() as conn:
-            await ensure_directory(
-                conn, self.kind_name, self.settings.shards, self.kind_settings.hosts
-            )
-            self.directory = await read_directory(conn, self.kind_name)
-        self.owned = {s for s, h in enumerate(self.directory) if h == self.index}
+        async with self.pool.acquire() as conn, conn.transaction():
+            self.incarnation = await take_lease(conn, self.kind_name, self.index)
+            self._own(await take_up_shards(conn, self.kind_name, self.index, self.incarnation))
         asyncio.ensure_future(self._cycles())
         asyncio.ensure_future(self._housekeeping())
 
@@ -132,16 +136,29 @@ class EntityHost:
         await self._ready()
         self.calls += 1
         loop = asyncio.get_running_loop()
-        ops = [Op(entity_id, message, loop.create_future()) for entity_id, message in batch]
+        # A shard being handed off admits nothing more (a bet would reserve money): its
+        # messages are answered `WrongHost`, and the caller asks where the shard went.
+        shards = self.settings.shards
+        here = [shard_of(entity_id, shards) in self.owned for entity_id, _ in batch]
+        ops = [
+            Op(entity_id, message, loop.create_future())
+            for (entity_id, message), owned in zip(batch, here, strict=True)
+            if owned
+        ]
         try:
             await self.kind.admit(ops)
         except Exception:
             log.exception("admission failed")
-            return [(False, Unavailable("the host could not admit the batch; retry"))] * len(ops)
+            return [(False, Unavailable("the host could not admit the batch; retry"))] * len(batch)
         self.queue.extend(ops)
         self.wake.set()
         outcomes: list[tuple[bool, Any]] = []
-        for op in ops:
+        admitted = iter(ops)
+        for (entity_id, _), owned in zip(batch, here, strict=True):
+            if not owned:
+                outcomes.append((False, WrongHost(f"{entity_id} is not hosted here")))
+                continue
+            op = next(admitted)
             try:
                 outcomes.append((True, await op.future))
             except LootifyError as exc:
@@ -156,15 +173,75 @@ class EntityHost:
         except LootifyError as exc:
             return False, exc
 
-    async def directory_view(self) -> list[int]:
+    async def shards(self) -> list[int]:
+        """The shards this process owns now."""
         await self._ready()
-        return self.directory
+        return sorted(self.owned)
+
+    async def release(self, shards: list[int]) -> int:
+        """Hand `shards` off (the coordinator's `BeginHandOff` and `HandOff` in one):
+        admit no more of their messages, let the cycle in flight commit and what follows
+        it (money a saga is moving) finish, then passivate their entities. Returns how
+        many were passivated. Messages still queued for them are answered `WrongHost`."""
+        await self._ready()
+        leaving = set(shards)
+        self.owned -= leaving
+        for shard in leaving:
+            self.epochs.pop(shard, None)
+        async with self.cycle_lock:
+            pass  # the cycle in flight has committed
+        if self.finishing:
+            # Past the hand-off time-out the new owner's recovery finishes the rest.
+            await asyncio.wait(set(self.finishing), timeout=self.settings.handoff_timeout_s)
+        async with self.cycle_lock:
+            leavers = [
+                entity_id
+                for entity_id in self.entities
+                if shard_of(entity_id, self.settings.shards) in leaving
+            ]
+            for entity_id in leavers:
+                del self.entities[entity_id]
+        return len(leavers)
+
+    async def adopt(self) -> list[int]:
+        """Take up whatever the directory gives this host now (after a hand-off to it,
+        or to undo a release the coordinator never recorded); returns the shards owned."""
+        await self._ready()
+        await self._reload_ownership()
+        return sorted(self.owned)
+
+    async def _reload_ownership(self) -> None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "select incarnation from runtime.host_leases where kind = $1 and host = $2",
+                self.kind_name,
+                self.index,
+            )
+            if current != self.incarnation:  # a newer process is this host now
+                self._own({})
+                return
+            self._own(await take_up_shards(conn, self.kind_name, self.index, self.incarnation))
+
+    def _own(self, epochs: dict[int, int]) -> None:
+        lost = self.owned - epochs.keys()
+        self.epochs = epochs
+        self.owned = set(epochs)
+        if lost:
+            for entity_id in [
+                e for e in self.entities if shard_of(e, self.settings.shards) in lost
+            ]:
+                del self.entities[entity_id]
 
     async def stats(self) -> dict[str, Any]:
         await self._ready()
         return {
             "kind": self.kind_name,
             "index": self.index,
+            "node": ray.get_runtime_context().get_node_id(),
+            "shards": len(self.owned),
+            "incarnation": self.incarnation,
+            "fenced_cycles": self.fenced_cycles,
             "pid": os.getpid(),
             "rss": psutil.Process().memory_info().rss,
             "entities": len(self.entities),
@@ -212,15 +289,17 @@ class EntityHost:
     async def _run_cycle(self, batch: list[Op]) -> None:
         now = int(time.monotonic())
         ops: list[Op] = []
+        # The epochs this cycle commits under, taken now: a release after this point
+        # waits for the cycle, and a move after the release makes the commit refused.
+        fence: dict[int, int] = {}
         for op in batch:
-            # An activated entity was owned when it was loaded, and ownership lasts
-            # as long as the host.
-            if op.entity_id in self.entities or (
-                shard_of(op.entity_id, self.settings.shards) in self.owned
-            ):
-                ops.append(op)
-            else:
+            shard = shard_of(op.entity_id, self.settings.shards)
+            epoch = self.epochs.get(shard)
+            if epoch is None:
                 op.future.set_exception(WrongHost(f"{op.entity_id} is not hosted here"))
+            else:
+                fence[shard] = epoch
+                ops.append(op)
         if not ops:
             return
         assert self.pool is not None
@@ -266,8 +345,23 @@ class EntityHost:
             try:
                 if cycle.writes:
                     async with conn.transaction():
+                        if not await holds_current_epochs(
+                            conn, self.kind_name, self.index, self.incarnation, fence
+                        ):
+                            raise Fenced
                         await self.kind.persist(conn, cycle)
                 phases["commit"] += time.perf_counter() - t3
+            except Fenced:
+                # A shard of the cycle moved, or a newer process is this host: nothing of
+                # the cycle stands, and its callers go to the owner the directory names.
+                self.fenced_cycles += 1
+                log.warning("%s host %d: cycle refused, not the owner", self.kind_name, self.index)
+                for op in ops:
+                    self.entities.pop(op.entity_id, None)
+                    if not op.future.done():
+                        op.future.set_exception(WrongHost("the shard moved during the cycle"))
+                await self._reload_ownership()
+                return
             except RetryCycle:
                 # Memory acted on a guess the database refused (e.g. a reference id
                 # used before this activation): rebuild and rerun the cycle carefully.
@@ -296,7 +390,9 @@ class EntityHost:
         if finishing is None:
             _answer(answered)
         else:
-            asyncio.ensure_future(self._answer_after(finishing, answered))
+            task = asyncio.ensure_future(self._answer_after(finishing, answered))
+            self.finishing.add(task)
+            task.add_done_callback(self.finishing.discard)
         self.cycles += 1
         self.ops_done += len(ops)
         if deferred:
@@ -351,6 +447,11 @@ class EntityHost:
         return op.future
 
 
+class Fenced(Exception):
+    """Inside a commit: this process no longer holds a shard of the cycle in the epoch
+    it loaded it in (the shard moved, or the host was restarted elsewhere)."""
+
+
 def ignore_outcome(future: asyncio.Future[Any]) -> None:
     """Done-callback for a submitted message nobody awaits: its failure is expected
     and retried elsewhere, so it must not be logged as never retrieved."""
@@ -368,21 +469,27 @@ def _answer(answered: list[tuple[Op, Any]]) -> None:
             op.future.set_result(result)
 
 
-def host_handles(
+def start_host(
     kind: type[EntityKind[Any]],
+    index: int,
     dsn: str,
     settings: RuntimeSettings,
     kind_settings: KindSettings,
-    count: int | None = None,
-) -> list[Any]:
-    """Get or create the named detached hosts of `kind` (idempotent, from any process):
-    `count` of them, or as many as the kind's settings say."""
-    return [
-        EntityHost.options(  # type: ignore[attr-defined]
-            name=host_name(kind.name, i),
-            namespace=settings.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-        ).remote(kind, i, dsn, settings, kind_settings)
-        for i in range(kind_settings.hosts if count is None else count)
-    ]
+    node_id: str | None = None,
+) -> Any:
+    """Get or create the named detached host `index` of `kind` (the coordinator does,
+    and only it decides how many there are). With `node_id`, a new host starts on that
+    node if it can, and Ray moves it if the node is gone."""
+    options: dict[str, Any] = {
+        "name": host_name(kind.name, index),
+        "namespace": settings.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+    }
+    if node_id is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        # Ray ignores a soft affinity for an actor that asks for no CPU at all.
+        options["num_cpus"] = 0.01
+    return EntityHost.options(**options).remote(  # type: ignore[attr-defined]
+        kind, index, dsn, settings, kind_settings
+    )

@@ -6,8 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+from ray.exceptions import RayTaskError
+
+from .coordinator import Registration, coordinator_handle
+from .directory import Placement
 from .errors import InvalidInput, LootifyError, Unavailable, WrongHost
-from .host import host_handles
 from .ids import shard_of
 from .kind import EntityKind
 from .liveness import ACTOR_DOWN
@@ -26,7 +29,10 @@ class Router:
     call, which takes up to `max_batch` of them. An idle caller pays no wait, and a
     busy one pays each call's fixed cost once for many messages. A host that is down
     or restarting is retried until the call deadline; every message is idempotent by
-    its reference id, so a retry never acts twice.
+    its reference id, so a retry never acts twice. A message a host answers
+    `WrongHost` (its shard moved) is sent again where the coordinator says the shard
+    is now, or fails `Unavailable` if the coordinator names no new owner within the
+    deadline.
     """
 
     def __init__(
@@ -37,11 +43,17 @@ class Router:
         settings: RuntimeSettings,
         *,
         batching: bool = True,
+        epoch: int = 0,
+        registration: Registration | None = None,
     ) -> None:
         self.kind = kind
         self.handles = handles
         self.directory = directory
+        self.epoch = epoch
         self.settings = settings
+        # Given again to a coordinator that restarted and forgot the kind.
+        self.registration = registration
+        self._coordinator: Any = None
         self.max_batch = settings.batch_max if batching else 1
         self.calls_in_flight = settings.calls_in_flight if batching else None
         # entity id -> host index: hashing ids was a visible share of a busy caller.
@@ -121,6 +133,8 @@ class Router:
                 outcomes = decode_outcomes(await self.handles[host].call.remote(payload))
                 break
             except ACTOR_DOWN:
+                if await self._rerouted(host, batch):
+                    return
                 if time.monotonic() >= deadline:
                     _fail(batch, Unavailable(f"{self.kind} host {host} is down: retry later"))
                     return
@@ -140,14 +154,67 @@ class Router:
                 moved.append((entity_id, message, future))
             else:
                 future.set_exception(value)
-        if moved:
-            await self._refresh_directory()
-            for entity_id, message, future in moved:
-                _chain(self.call(entity_id, message), future)
+        if moved:  # on its own: the call's slot is free for the host's other shards
+            asyncio.ensure_future(self._redirect(host, moved))
 
-    async def _refresh_directory(self) -> None:
-        self.directory = await self.handles[0].directory_view.remote()
-        self._hosts.clear()
+    async def _rerouted(self, host: int, batch: list[Queued]) -> bool:
+        """A host that is down may be one the coordinator retired (its shards went
+        elsewhere, it will not come back): if the directory now sends the batch's
+        messages elsewhere, send them there. False: retry the same host."""
+        await self._refresh_directory(time.monotonic() + min(1.0, self.settings.call_deadline_s))
+        if all(self.host_of(entity_id) == host for entity_id, _, _ in batch):
+            return False
+        for entity_id, message, future in batch:
+            _chain(self.call(entity_id, message), future)
+        return True
+
+    async def _redirect(self, refused_by: int, moved: list[Queued]) -> None:
+        """Send again, where the coordinator now places them, the messages `refused_by`
+        answered `WrongHost`. While their shard is being handed off the coordinator
+        still names the old owner: ask again, backing off, until the call deadline."""
+        deadline = time.monotonic() + self.settings.call_deadline_s
+        delay = 0.02
+        waiting = moved
+        while True:
+            await self._refresh_directory(deadline)
+            for entity_id, message, future in waiting:
+                if self.host_of(entity_id) != refused_by:
+                    _chain(self.call(entity_id, message), future)
+            waiting = [q for q in waiting if self.host_of(q[0]) == refused_by]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                _fail(waiting, Unavailable(f"{self.kind} shards are moving; retry later"))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def refresh(self) -> None:
+        """Learn where the shards are now (after hosts were added or retired)."""
+        await self._refresh_directory(time.monotonic() + self.settings.call_deadline_s)
+
+    async def _refresh_directory(self, deadline: float) -> None:
+        """Ask the coordinator where the shards are, within the deadline; a coordinator
+        that cannot answer leaves the directory as it was."""
+        try:
+            placement = await asyncio.wait_for(
+                self._placement(), max(0.05, deadline - time.monotonic())
+            )
+        except (TimeoutError, *ACTOR_DOWN):
+            return
+        if placement is not None and placement.epoch >= self.epoch:
+            self.epoch = placement.epoch
+            self.directory = placement.directory
+            self.handles = placement.handles
+            self._hosts.clear()
+
+    async def _placement(self) -> Placement | None:
+        if self._coordinator is None:
+            self._coordinator = coordinator_handle(self.settings)
+        placement = await self._coordinator.placement.remote(self.kind)
+        if placement is None and self.registration is not None:
+            placement = await self._coordinator.register.remote(self.registration)
+        return placement
 
 
 class _Gathered:
@@ -223,17 +290,26 @@ async def connect_router(
     *,
     batching: bool = True,
 ) -> Router:
-    """A router to every host of `kind`, creating the hosts if they are missing.
-    `Unavailable` when the first host cannot say where the shards are within the call
-    deadline (e.g. it cannot reach PostgreSQL)."""
-    first = host_handles(kind, dsn, settings, kind_settings, count=1)
+    """A router to every host of `kind`: the coordinator takes charge of the kind (its
+    directory, its hosts) if it had not. `Unavailable` when that is not done within
+    the call deadline (e.g. PostgreSQL does not answer)."""
+    registration = Registration(kind, dsn, kind_settings)
     try:
-        directory = await asyncio.wait_for(
-            first[0].directory_view.remote(), settings.call_deadline_s
+        placement = await asyncio.wait_for(
+            coordinator_handle(settings).register.remote(registration), settings.call_deadline_s
         )
     except TimeoutError as exc:
         raise Unavailable(
-            f"{kind.name} hosts did not answer within {settings.call_deadline_s}s"
+            f"{kind.name} hosts did not start within {settings.call_deadline_s}s"
         ) from exc
-    handles = host_handles(kind, dsn, settings, kind_settings, count=max(directory) + 1)
-    return Router(kind.name, handles, directory, settings, batching=batching)
+    except RayTaskError as exc:
+        raise Unavailable(f"{kind.name} hosts could not start: {exc.cause!r:.200}") from exc
+    return Router(
+        kind.name,
+        placement.handles,
+        placement.directory,
+        settings,
+        batching=batching,
+        epoch=placement.epoch,
+        registration=registration,
+    )

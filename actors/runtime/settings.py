@@ -32,6 +32,28 @@ class RuntimeSettings:
     call_deadline_s: float = field(
         default_factory=lambda: env_float("LOOTIFY_CALL_DEADLINE_S", 15.0)
     )
+    # Placement (the coordinator). A hand-off waits this long for the owner to let go
+    # (Akka's handoff-timeout); past it the move goes on, and fencing refuses whatever
+    # the old owner still tries to commit.
+    handoff_timeout_s: float = field(
+        default_factory=lambda: env_float("LOOTIFY_HANDOFF_TIMEOUT_S", 10.0)
+    )
+    # A rebalance round moves at most this many shards, and at most this share of them
+    # (Akka's absolute and relative limits).
+    rebalance_max_shards: int = field(
+        default_factory=lambda: env_int("LOOTIFY_REBALANCE_MAX_SHARDS", 20)
+    )
+    rebalance_max_share: float = field(
+        default_factory=lambda: env_float("LOOTIFY_REBALANCE_MAX_SHARE", 0.1)
+    )
+    # How often the coordinator looks at the nodes of the cluster.
+    watch_interval_s: float = field(
+        default_factory=lambda: env_float("LOOTIFY_WATCH_INTERVAL_S", 5.0)
+    )
+    # Hosts of each kind per node with CPUs: 0 keeps the host counts of the settings
+    # and of `lootify scale`; above 0 the coordinator follows the nodes as they come
+    # and go.
+    hosts_per_node: int = field(default_factory=lambda: env_int("LOOTIFY_HOSTS_PER_NODE", 0))
 
 
 @dataclass(frozen=True)
