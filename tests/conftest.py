@@ -20,6 +20,7 @@ from actors.markets import MarketSettings
 from actors.ops.audit import ledger_violations
 from actors.ops.migrate import migrate
 from actors.runtime import RuntimeSettings
+from actors.wallets import WalletSettings
 from tests.pg_fixtures import create_database, fetch_rows, pg_dsn  # noqa: F401
 
 TABLES = (
@@ -51,6 +52,8 @@ def settings() -> Settings:
             namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0, handoff_timeout_s=2.0
         ),
         markets=MarketSettings(reservation_timeout_s=15.0),
+        # Two, so that every test also routes across hosts.
+        wallets=WalletSettings(hosts=2),
     )
 
 

@@ -95,7 +95,7 @@ def test_stale_host_paused_through_a_handoff_cannot_commit(aio, run, sql, settin
         wait_until(
             lambda: sql(
                 "select 1 from pg_stat_activity where wait_event_type = 'Lock' "
-                "and query like '%host_leases%for share%'"
+                "and query like '%runtime.hold_epochs(%'"
             ),
             timeout=30,
             what="host A's cycle to wait at its fencing check",

@@ -31,6 +31,7 @@ from actors.errors import (
     InvalidInput,
     NotFound,
     ReservationResolved,
+    Unavailable,
 )
 from actors.money import MAX_AMOUNT
 from actors.ops.audit import ledger_violations
@@ -1005,3 +1006,18 @@ def test_router_batches_grow_with_load_not_with_a_timer(aio, run):
     assert waiting >= len(users) - free
     # per host: one call per free slot at once, then one for everything that waited
     assert calls <= free + len(router.handles), calls
+
+
+def test_a_wallet_written_under_its_activation_fails_the_cycle_whole(wallet, sql):
+    """The cycle's one statement updates a wallet only at the sequence its activation
+    loaded: if another writer moved it, nothing of the cycle is stored, the caller is
+    told to retry, and the wallet comes back from PostgreSQL."""
+    uid = new_id()
+    w = wallet(uid)
+    w.deposit(100, "first")
+    sql("update wallets.wallets set seq = seq + 1 where user_id = $1", uid)
+    with pytest.raises(Unavailable, match="StaleActivation"):
+        w.deposit(50, "while-stale")
+    assert op_count(sql, uid) == 1 and stored(sql, uid) == (100, 0)
+    assert w.deposit(50, "after") == Balance(150, 150, 0)
+    assert op_count(sql, uid) == 2

@@ -5,28 +5,32 @@ It knows no domain: kinds of entity subclass `EntityKind` and `register_kind`
 themselves; callers reach them through a `Router`.
 """
 
+from .commit import (
+    HOLD_EPOCHS_SQL,
+    Fence,
+    Fenced,
+    RetryCycle,
+    StaleActivation,
+    check_versioned_update,
+    commit_checks,
+    retry_carefully_on_duplicate,
+)
 from .coordinator import Coordinator, Registration, coordinator_handle
 from .directory import Placement, host_name
 from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable, WrongHost
 from .host import EntityHost, ignore_outcome, start_host
 from .ids import canonical_id, new_id, random_uuids, shard_of
-from .kind import (
-    Cycle,
-    EntityKind,
-    Op,
-    RetryCycle,
-    StaleActivation,
-    check_versioned_update,
-    kind_named,
-    register_kind,
-    retry_carefully_on_duplicate,
-)
+from .kind import Cycle, EntityKind, Op, kind_named, register_kind
 from .liveness import is_actor_down
 from .router import Router, connect_router
 from .settings import KindSettings, RuntimeSettings
 from .wire import wire_type
 
 __all__ = [
+    "HOLD_EPOCHS_SQL",
+    "Fence",
+    "Fenced",
+    "commit_checks",
     "Coordinator",
     "Cycle",
     "EntityCrashed",

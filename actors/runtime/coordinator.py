@@ -10,7 +10,7 @@ starts the hosts, and moves shards between them:
   host with their epochs bumped, the new host takes them up (`adopt`), and only then
   do callers asking where they are (`placement`) learn the new owner;
 * an owner that does not let go within the hand-off time-out (paused, partitioned,
-  on a dead node) is moved from anyway: fencing (`directory.holds_current_epochs`)
+  on a dead node) is moved from anyway: fencing (`commit.hold_epochs`)
   refuses whatever it still tries to commit;
 * `scale` sets how many hosts a kind keeps; rebalancing moves a few shards a round
   until the counts differ by at most one, and retires hosts left without shards;

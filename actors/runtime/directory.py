@@ -2,7 +2,7 @@
 owns each logical shard, and in which epoch.
 
 Only the coordinator (`actors.runtime.coordinator`) changes it. Hosts read the rows
-they own, and check them inside every commit (`holds_current_epochs`): a host whose
+they own, and check them inside every commit (`commit.hold_epochs`): a host whose
 shard moved, or a process a restart replaced, can never commit.
 """
 
@@ -113,32 +113,3 @@ async def take_up_shards(
         incarnation,
     )
     return {r["shard"]: r["epoch"] for r in rows}
-
-
-async def holds_current_epochs(
-    conn: asyncpg.Connection, kind: str, host: int, incarnation: int, epochs: dict[int, int]
-) -> bool:
-    """Inside a commit's transaction: whether this process is still the host's current
-    incarnation and still owns every shard of `epochs` in the epoch it holds. The rows
-    stay locked `for share` until the commit, so no move or restart slips in between.
-    The lease is locked first, in a statement of its own, so that a process stopped
-    before its check never holds a directory row a move waits for."""
-    current = await conn.fetchval(
-        "select incarnation from runtime.host_leases where kind = $1 and host = $2 for share",
-        kind,
-        host,
-    )
-    if current != incarnation:
-        return False
-    held = await conn.fetchval(
-        "with held as (select d.shard from runtime.shard_directory d "
-        "  join unnest($3::int[], $4::bigint[]) as u(shard, epoch) "
-        "    on d.shard = u.shard and d.epoch = u.epoch "
-        "  where d.kind = $1 and d.host = $2 for share of d) "
-        "select count(*) from held",
-        kind,
-        host,
-        list(epochs),
-        list(epochs.values()),
-    )
-    return bool(held == len(epochs))

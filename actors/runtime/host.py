@@ -35,10 +35,11 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .directory import holds_current_epochs, host_name, take_lease, take_up_shards
+from .commit import Fence, Fenced, RetryCycle
+from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
-from .kind import Cycle, EntityKind, Op, RetryCycle
+from .kind import Cycle, EntityKind, Op
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_batch, encode_outcomes
 
@@ -344,12 +345,9 @@ class EntityHost:
             phases["apply"] += t3 - t2
             try:
                 if cycle.writes:
-                    async with conn.transaction():
-                        if not await holds_current_epochs(
-                            conn, self.kind_name, self.index, self.incarnation, fence
-                        ):
-                            raise Fenced
-                        await self.kind.persist(conn, cycle)
+                    await self.kind.commit(
+                        conn, cycle, Fence(self.kind_name, self.index, self.incarnation, fence)
+                    )
                 phases["commit"] += time.perf_counter() - t3
             except Fenced:
                 # A shard of the cycle moved, or a newer process is this host: nothing of
@@ -445,11 +443,6 @@ class EntityHost:
         else:
             self.wake.set()
         return op.future
-
-
-class Fenced(Exception):
-    """Inside a commit: this process no longer holds a shard of the cycle in the epoch
-    it loaded it in (the shard moved, or the host was restarted elsewhere)."""
 
 
 def ignore_outcome(future: asyncio.Future[Any]) -> None:

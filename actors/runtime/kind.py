@@ -8,13 +8,13 @@ settings (`KindSettings.hosts`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import asyncpg
 
+from .commit import Fence, hold_epochs
 from .errors import InvalidInput, LootifyError
 from .settings import KindSettings
 
@@ -23,33 +23,6 @@ if TYPE_CHECKING:
 
 State = TypeVar("State")
 Kind = TypeVar("Kind", bound="type[EntityKind[Any]]")
-
-
-class RetryCycle(Exception):
-    """Raised by `EntityKind.persist`: the cycle's guesses were wrong; run it again
-    with `careful` set (nothing was committed, nothing answered)."""
-
-
-class StaleActivation(RuntimeError):
-    """A versioned write matched fewer rows than it wrote: another activation wrote
-    them since this one loaded them (the cycle fails and its entities are rebuilt)."""
-
-
-def check_versioned_update(status: str, expected: int, what: str) -> None:
-    """`status` is asyncpg's answer to an `update ... where version = stored` of
-    `expected` rows; anything less means a stale activation."""
-    if int(status.split()[-1]) != expected:
-        raise StaleActivation(f"a {what} changed under this activation")
-
-
-@contextmanager
-def retry_carefully_on_duplicate(reason: str) -> Iterator[None]:
-    """Inserts guessed to be new (a reference or bet id this activation has not
-    seen): a duplicate means the guess was wrong, so the cycle reruns carefully."""
-    try:
-        yield
-    except asyncpg.UniqueViolationError as exc:
-        raise RetryCycle(reason) from exc
 
 
 @dataclass
@@ -120,8 +93,16 @@ class EntityKind(Generic[State]):
     def apply(self, state: State, message: Any, cycle: Cycle, op: Op) -> Any:
         raise NotImplementedError
 
+    async def commit(self, conn: asyncpg.Connection, cycle: Cycle, fence: Fence) -> None:
+        """Write the cycle atomically, and only while `fence` holds (`Fenced`
+        otherwise). Here: in one transaction, the fence and then `persist`. A kind may
+        write it all in one statement instead (`actors.runtime.commit`)."""
+        async with conn.transaction():
+            await hold_epochs(conn, fence)
+            await self.persist(conn, cycle)
+
     async def persist(self, conn: asyncpg.Connection, cycle: Cycle) -> None:
-        """Write the cycle inside the transaction the runtime opened."""
+        """Write the cycle inside the transaction `commit` opened."""
         raise NotImplementedError
 
     def can_passivate(self, state: State) -> bool:

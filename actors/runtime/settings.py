@@ -27,7 +27,7 @@ class RuntimeSettings:
     idle_seconds: float = field(default_factory=lambda: env_float("LOOTIFY_IDLE_SECONDS", 600.0))
     # Calls a router keeps under way to one host; messages beyond them wait and
     # travel together in the next call.
-    calls_in_flight: int = field(default_factory=lambda: env_int("LOOTIFY_CALLS_IN_FLIGHT", 2))
+    calls_in_flight: int = field(default_factory=lambda: env_int("LOOTIFY_CALLS_IN_FLIGHT", 1))
     batch_max: int = field(default_factory=lambda: env_int("LOOTIFY_BATCH_MAX", 1000))
     call_deadline_s: float = field(
         default_factory=lambda: env_float("LOOTIFY_CALL_DEADLINE_S", 15.0)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -38,13 +37,10 @@ from actors.pubsub import get_publisher
 from actors.runtime import (
     Cycle,
     EntityKind,
+    Fence,
     Op,
-    check_versioned_update,
     ignore_outcome,
-    random_uuids,
     register_kind,
-    retry_carefully_on_duplicate,
-    shard_of,
 )
 
 from .messages import (
@@ -62,6 +58,7 @@ from .messages import (
 )
 from .settings import WalletSettings
 from .state import Prior, Wallet, Write
+from .store import commit_cycle
 
 # Resolutions of a reservation share one key; "/" cannot occur in a reference id,
 # so no reference id can collide with a resolution's key.
@@ -306,104 +303,10 @@ class WalletKind(EntityKind[Wallet]):
                 resolve=a,
             )
 
-    async def persist(self, conn: asyncpg.Connection, cycle: Cycle) -> None:
+    async def commit(self, conn: asyncpg.Connection, cycle: Cycle, fence: Fence) -> None:
         writes: list[Write] = cycle.writes
-        shards = self.host.settings.shards
-        with retry_carefully_on_duplicate("a reference id was used before this activation"):
-            await conn.copy_records_to_table(
-                "operations",
-                schema_name="wallets",
-                columns=[
-                    "id",
-                    "wallet_id",
-                    "op_key",
-                    "seq",
-                    "kind",
-                    "reference_id",
-                    "amount",
-                    "args",
-                    "available_after",
-                    "reserved_after",
-                ],
-                records=[
-                    (
-                        op_id,
-                        x.wallet.id,
-                        x.op_key,
-                        x.seq,
-                        x.done.kind,
-                        x.reference_id,
-                        x.amount,
-                        x.done.args,
-                        x.done.available,
-                        x.done.reserved,
-                    )
-                    for op_id, x in zip(random_uuids(len(writes)), writes, strict=True)
-                ],
-            )
-        await conn.copy_records_to_table(
-            "entries",
-            schema_name="wallets",
-            columns=["wallet_id", "seq", "account", "amount"],
-            records=[(x.wallet.id, x.seq, acct, amt) for x in writes for acct, amt in x.entries],
-        )
-        added = [(x, x.pending_add) for x in writes if x.pending_add is not None]
-        if added:
-            # A cycle's reservations share its clock, so mostly one expiry to convert.
-            stamps = {e: _timestamp(e) for e in {held[1] for _, held in added}}
-            await conn.copy_records_to_table(
-                "pending",
-                schema_name="wallets",
-                columns=["wallet_id", "reference_id", "shard", "amount", "expires_at"],
-                records=[
-                    (
-                        x.wallet.id,
-                        x.reference_id,
-                        shard_of(x.wallet.id, shards),
-                        held[0],
-                        stamps[held[1]],
-                    )
-                    for x, held in added
-                ],
-            )
-        removed = [x for x in writes if x.pending_remove]
-        if removed:
-            await conn.execute(
-                "delete from wallets.pending p using unnest($1::uuid[], $2::text[]) "
-                "as r(wallet_id, reference_id) "
-                "where p.wallet_id = r.wallet_id and p.reference_id = r.reference_id",
-                [x.wallet.id for x in removed],
-                [x.reference_id for x in removed],
-            )
+        await commit_cycle(conn, writes, self.host.settings.shards, fence)
         touched: dict[str, Wallet] = {x.wallet.id: x.wallet for x in writes}
-        new = [w for w in touched.values() if w.stored_seq < 0]
-        old = [w for w in touched.values() if w.stored_seq >= 0]
-        if new:
-            await conn.execute(
-                "insert into wallets.wallets (user_id, shard, available, reserved, seq) "
-                "select * from unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], "
-                "$5::bigint[])",
-                [w.id for w in new],
-                [shard_of(w.id, shards) for w in new],
-                [w.available for w in new],
-                [w.reserved for w in new],
-                [w.seq for w in new],
-            )
-        if old:
-            status = await conn.execute(
-                "update wallets.wallets w set available = u.available, reserved = u.reserved, "
-                "seq = u.seq, updated_at = now() "
-                "from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
-                "as u(user_id, available, reserved, seq, stored_seq) "
-                "where w.user_id = u.user_id and w.seq = u.stored_seq",
-                [w.id for w in old],
-                [w.available for w in old],
-                [w.reserved for w in old],
-                [w.seq for w in old],
-                [w.stored_seq for w in old],
-            )
-            check_versioned_update(status, len(old), "wallet")
-
         publisher = get_publisher(self.host.settings.namespace)
 
         def remember() -> None:
@@ -453,10 +356,6 @@ class WalletKind(EntityKind[Wallet]):
         return [
             {**dict(r), "kind": LISTED_KINDS[r["kind"]], "amount": abs(r["amount"])} for r in rows
         ]
-
-
-def _timestamp(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def _user(w: Wallet) -> str:
