@@ -105,6 +105,9 @@ class MarketIn(BaseModel):
     min_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_payout: str | None = Field(default=None, pattern=MONEY, max_length=15)
+    # Betting stops by itself then; by default at the event's start unless in play.
+    closes_at: dt.datetime | None = None
+    in_play: bool = False
 
 
 class OddsIn(BaseModel):
@@ -131,6 +134,8 @@ class MarketOut(BaseModel):
     min_stake: str | None = None
     max_stake: str | None = None
     max_payout: str | None = None
+    closes_at: str | None = None
+    in_play: bool = False
 
 
 class EventOut(BaseModel):

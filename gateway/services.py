@@ -111,11 +111,13 @@ async def get_event(ctx: Context, event_id: str) -> dict:
     return event
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    """A time without a zone is taken as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 async def create_event(ctx: Context, body: EventIn) -> dict:
-    starts_at = body.starts_at
-    if starts_at.tzinfo is None:
-        starts_at = starts_at.replace(tzinfo=dt.UTC)
-    event = await (await ctx.aio()).create_event(body.name, body.category, starts_at)
+    event = await (await ctx.aio()).create_event(body.name, body.category, _aware(body.starts_at))
     ctx.odds_cache.put_event(event)
     ctx.publish_changed(event["id"])
     return event
@@ -134,10 +136,20 @@ async def create_market(ctx: Context, event_id: str, body: MarketIn) -> dict:
         min_stake=_stake(body.min_stake, "min_stake"),
         max_stake=_stake(body.max_stake, "max_stake"),
         max_payout=_stake(body.max_payout, "max_payout"),
+        closes_at=None if body.closes_at is None else _aware(body.closes_at),
+        in_play=body.in_play,
     )
     ctx.odds_cache.put_market(market)
     ctx.publish_changed(market["event_id"])
     return market
+
+
+async def void_event(ctx: Context, event_id: str) -> dict:
+    """Cancel an event and void its open markets, refunding their stakes."""
+    event = await (await ctx.aio()).void_event(_resource_id(event_id, "event"))
+    ctx.odds_cache.put_event(event)
+    ctx.publish_changed(event["id"])
+    return event
 
 
 async def _change_market(

@@ -88,6 +88,8 @@ def market(m: Mapping[str, Any]) -> dict[str, Any]:
         "min_stake": money(m.get("min_stake")),
         "max_stake": money(m.get("max_stake")),
         "max_payout": money(m.get("max_payout")),
+        "closes_at": timestamp(m.get("closes_at")),
+        "in_play": bool(m.get("in_play")),
     }
 
 

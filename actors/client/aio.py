@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from actors import markets, wallets
-from actors.errors import InvalidInput
+from actors.errors import AlreadySettled, InvalidInput, InvalidTransition
 from actors.markets import pricing
 from actors.markets.series import scheduler
 from actors.money import check_amount, parse_odds
@@ -200,10 +200,17 @@ class AsyncLootify:
         min_stake: int | None = None,
         max_stake: int | None = None,
         max_payout: int | None = None,
+        closes_at: datetime | None = None,
+        in_play: bool = False,
     ) -> dict:
         """A new market on an event; it starts `open`. Stakes and payouts in minor units;
-        `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds."""
+        `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds.
+        It closes by itself at `closes_at`, by default the event's start unless `in_play`."""
         event = await self.get_event(event_id)
+        if closes_at is not None and (not isinstance(closes_at, datetime) or not closes_at.tzinfo):
+            raise InvalidInput("closes_at must be a time with its zone", field="closes_at")
+        if closes_at is None and not in_play:
+            closes_at = event["starts_at"]
         message = markets.new_market_message(
             event["id"],
             name,
@@ -214,8 +221,23 @@ class AsyncLootify:
             min_stake,
             max_stake,
             max_payout,
+            closes_at=None if closes_at is None else closes_at.timestamp(),
+            in_play=bool(in_play),
         )
         return await self.routers["markets"].call(new_id(), message)
+
+    async def void_event(self, event_id: object) -> dict:
+        """Cancel the event and void each of its markets not yet settled (refunds)."""
+        event = await self.get_event(event_id)
+        await self._catalog("cancel_event", event_id=event["id"])
+        for m in event["markets"]:
+            if m["status"] in ("settled", "void"):
+                continue
+            try:
+                await self.market(m["id"]).void()
+            except (InvalidTransition, AlreadySettled):
+                pass  # settled or voided since the event was read
+        return await self.get_event(event["id"])
 
     async def place_bet(
         self,

@@ -32,10 +32,12 @@ from actors.runtime import Cycle, EntityKind, Op, register_kind
 
 from . import pricing, queries
 from .events import publish_cycle
+from .lifecycle import Lifecycle
 from .messages import (
     TRANSITIONS,
     BetRecord,
     CancelBet,
+    CloseDue,
     CreateMarket,
     GetMarket,
     MoneyMoved,
@@ -111,6 +113,7 @@ class MarketKind(EntityKind[Market]):
         self.now = time.time()
         # Keyed bets admitted and not yet answered: bet id -> request hash.
         self.placing: dict[str, str] = {}
+        self.lifecycle = Lifecycle(host)
 
     async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, Market]:
         return await load_markets(conn, ids)
@@ -164,6 +167,8 @@ class MarketKind(EntityKind[Market]):
             return self._cancel(m, msg, cycle)
         if isinstance(msg, Transition):
             return self._transition(m, msg.action, cycle)
+        if isinstance(msg, CloseDue):
+            return self._close_due(m, cycle)
         if isinstance(msg, SetOdds):
             return self._set_odds(m, msg, cycle)
         if isinstance(msg, Settle):
@@ -182,6 +187,7 @@ class MarketKind(EntityKind[Market]):
         m.names = [s[1] for s in msg.selections]
         m.takeout_bp = msg.takeout_bp
         m.min_stake, m.max_stake, m.max_payout = msg.min_stake, msg.max_stake, msg.max_payout
+        m.closes_at, m.in_play = msg.closes_at, msg.in_play
         m.exposure = dict.fromkeys(m.keys, 0)
         if m.type == "fixed_odds":
             m.model = pricing.FixedOddsModel.from_odds(
@@ -214,7 +220,7 @@ class MarketKind(EntityKind[Market]):
                 raise op.prepared
             if op.prepared != "reserved":  # not prepared: the market did not exist then
                 raise Conflict("the bet was not prepared; retry")
-            price = m.quote(msg)
+            price = m.quote(msg, self.now)
         except LootifyError as exc:
             if op.prepared == "reserved":
                 cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
@@ -283,6 +289,14 @@ class MarketKind(EntityKind[Market]):
             m.settled_at = now
             m.reprice()
         self._touch(m, cycle, "status_changed")
+        return m.view()
+
+    def _close_due(self, m: Market, cycle: Cycle) -> dict:
+        """Housekeeping found the market past its closes_at; a suspended one closes too."""
+        if m.status in ("open", "suspended") and m.closes_at is not None:
+            if self.now >= m.closes_at:
+                m.status = "closed"
+                self._touch(m, cycle, "status_changed")
         return m.view()
 
     def _set_odds(self, m: Market, msg: SetOdds, cycle: Cycle) -> dict:
@@ -404,10 +418,15 @@ class MarketKind(EntityKind[Market]):
         return self.saga.finish(cycle.writes)
 
     async def tick(self) -> None:
-        await self.saga.recover()
+        try:
+            await self.saga.recover()
+        finally:  # a failed recovery must not keep markets from closing on time
+            await self.lifecycle.tick()
 
     async def query(self, name: str, args: dict[str, Any]) -> Any:
         """Reads (and catalog writes) that need no entity: `actors.markets.queries`."""
+        if name == "cancel_event":
+            return await self.lifecycle.cancel_event(**args)
         handler = queries.HANDLERS.get(name)
         if handler is None:
             return await super().query(name, args)

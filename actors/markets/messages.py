@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
@@ -35,6 +36,9 @@ class CreateMarket(NamedTuple):
     max_stake: int
     max_payout: int | None
     overround: float | None = None
+    # Epoch seconds; None: it stays open until an operator closes it (in play).
+    closes_at: float | None = None
+    in_play: bool = False
 
 
 @wire_type
@@ -45,6 +49,11 @@ class GetMarket(NamedTuple):
 @wire_type
 class Transition(NamedTuple):
     action: str
+
+
+@wire_type
+class CloseDue(NamedTuple):
+    """Internal (the host's housekeeping): the market's `closes_at` has passed."""
 
 
 @wire_type
@@ -146,8 +155,19 @@ def new_market_message(
     min_stake: int | None,
     max_stake: int | None,
     max_payout: int | None,
+    *,
+    closes_at: float | None = None,
+    in_play: bool = False,
+    now: float | None = None,
 ) -> CreateMarket:
-    """Validate an operator's market definition into the entity's create message."""
+    """Validate an operator's market definition into the entity's create message.
+    `closes_at` (epoch seconds) is when betting stops by itself; a market that would
+    be closed at once is refused rather than created dead."""
+    if closes_at is not None and closes_at <= (time.time() if now is None else now):
+        raise InvalidInput(
+            "closes_at has passed (in_play: true keeps a market open after the start)",
+            field="closes_at",
+        )
     if not isinstance(name, str) or not 0 < len(name.strip()) <= 200:
         raise InvalidInput("name must be 1-200 characters", field="name")
     if type not in MARKET_TYPES:
@@ -188,7 +208,8 @@ def new_market_message(
         raise InvalidInput("min_stake exceeds max_stake", field="min_stake")
     cap = None if max_payout is None else check_amount(max_payout, field="max_payout")
     return CreateMarket(
-        event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high, cap, margin
+        event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high, cap, margin,
+        closes_at, bool(in_play),
     )
 
 

@@ -23,7 +23,7 @@ from . import pricing, series
 _EVENT = "select id::text, name, category, starts_at, status from bets.events"
 _MARKET = (
     "select id::text, event_id::text, name, type, status, selections, odds, pricing, "
-    "min_stake, max_stake, max_payout, winner, version from bets.markets"
+    "min_stake, max_stake, max_payout, winner, version, closes_at, in_play from bets.markets"
 )
 _BET = (
     "select id::text, user_id::text, market_id::text, selection, amount, odds_x100, "
@@ -89,6 +89,8 @@ def market_view(row: asyncpg.Record) -> dict[str, Any]:
         "winner": row["winner"],
         "takeout_bp": takeout if row["type"] == "pool" else None,
         "version": row["version"],
+        "closes_at": row["closes_at"],
+        "in_play": row["in_play"],
     }
 
 

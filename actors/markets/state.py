@@ -16,6 +16,7 @@ from actors.errors import (
 )
 
 from . import pricing
+from .clock import to_datetime
 from .messages import BetRecord, PlaceBet
 
 
@@ -134,6 +135,8 @@ class Market:
         "refused",
         "unstaked",
         "settled_at",
+        "closes_at",
+        "in_play",
     )
 
     def __init__(self, market_id: str) -> None:
@@ -161,6 +164,8 @@ class Market:
         self.model: pricing.FixedOddsModel | None = None
         self.winner: str | None = None
         self.settled_at: float | None = None
+        self.closes_at: float | None = None  # epoch seconds; None: in play
+        self.in_play = False
 
     def reprice(self) -> None:
         if self.type == "pool":
@@ -174,10 +179,13 @@ class Market:
             bet.amount if self.type == "pool" else (bet.potential or 0)
         )
 
-    def quote(self, msg: PlaceBet) -> int | None:
-        """The price a bet would be accepted at now, or the reason it is refused."""
+    def quote(self, msg: PlaceBet, now: float) -> int | None:
+        """The price a bet would be accepted at `now`, or the reason it is refused."""
         if self.status != "open":
             raise MarketNotOpen(f"the market is {self.status}", status=self.status)
+        # Housekeeping closes the market within a second; no bet slips in meanwhile.
+        if self.closes_at is not None and now >= self.closes_at:
+            raise MarketNotOpen("the market closed at its closes_at", status="closed")
         if msg.selection not in self.odds:
             raise InvalidInput(f"unknown selection {msg.selection!r}", field="selection")
         if msg.amount < self.min_stake:
@@ -215,6 +223,8 @@ class Market:
             "winner": self.winner,
             "takeout_bp": self.takeout_bp if self.type == "pool" else None,
             "version": self.version,
+            "closes_at": to_datetime(self.closes_at),
+            "in_play": self.in_play,
         }
 
     def odds_view(self) -> dict[str, Any]:

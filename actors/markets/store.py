@@ -30,7 +30,7 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
     markets = {i: Market(i) for i in ids}
     for r in await conn.fetch(
         "select id::text, event_id::text, name, type, status, selections, pricing, "
-        "min_stake, max_stake, max_payout, winner, version, settled_at "
+        "min_stake, max_stake, max_payout, winner, version, settled_at, closes_at, in_play "
         "from bets.markets where id = any($1::uuid[])",
         ids,
     ):
@@ -46,6 +46,7 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
         m.winner, m.version = r["winner"], r["version"]
         m.stored_version = m.version
         m.settled_at = to_epoch(r["settled_at"])
+        m.closes_at, m.in_play = to_epoch(r["closes_at"]), r["in_play"]
         m.exposure = dict.fromkeys(m.keys, 0)
     for r in await conn.fetch(
         "select id::text, market_id::text, user_id::text, selection, amount, odds_x100, "
@@ -166,8 +167,8 @@ async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) 
 async def _insert_market(conn: asyncpg.Connection, m: Market, shards: int) -> None:
     await conn.execute(
         "insert into bets.markets (id, event_id, shard, name, type, status, selections, "
-        "pricing, odds, min_stake, max_stake, max_payout, version, unstaked) "
-        "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        "pricing, odds, min_stake, max_stake, max_payout, version, unstaked, closes_at, in_play) "
+        "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         m.id,
         m.event_id,
         shard_of(m.id, shards),
@@ -182,6 +183,8 @@ async def _insert_market(conn: asyncpg.Connection, m: Market, shards: int) -> No
         m.max_payout,
         m.version,
         len(m.unstaked),
+        to_datetime(m.closes_at),
+        m.in_play,
     )
 
 

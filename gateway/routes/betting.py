@@ -46,6 +46,11 @@ async def create_event(body: EventIn, request: Request, _: tokens.Claims = Opera
     return {"event": views.event(await services.create_event(ctx_of(request), body))}
 
 
+@router.post("/api/events/{event_id}/void", response_model=EventEnvelope, tags=["events"])
+async def void_event(event_id: str, request: Request, _: tokens.Claims = Operator) -> dict:
+    return {"event": views.event(await services.void_event(ctx_of(request), event_id))}
+
+
 @router.post("/api/events/{event_id}/markets", status_code=201, response_model=MarketEnvelope,
              tags=["markets"])
 async def create_market(
