@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -225,6 +225,46 @@ class AsyncLootify:
             in_play=bool(in_play),
         )
         return await self.routers["markets"].call(new_id(), message)
+
+    async def create_raffle(
+        self,
+        event_id: object,
+        name: str,
+        *,
+        tickets: int,
+        ticket_price: int,
+        prize: int,
+        lottery: str | None = None,
+        result_grace_s: int | None = None,
+        closes_at: datetime | None = None,
+    ) -> dict:
+        """A raffle of `tickets` numbered tickets (100, 1000 or 10000) at `ticket_price`;
+        the holder of the number a draw ends with is paid `prize` (minor units). With
+        `lottery`, that lottery's first draw after closing settles it, and none within
+        `result_grace_s` voids it. It closes at `closes_at`, by default the event's start."""
+        event = await self.get_event(event_id)
+        if closes_at is not None and (not isinstance(closes_at, datetime) or not closes_at.tzinfo):
+            raise InvalidInput("closes_at must be a time with its zone", field="closes_at")
+        closes_at = closes_at or event["starts_at"]
+        message = markets.new_raffle_message(
+            event["id"], name, tickets, ticket_price, prize, lottery, result_grace_s,
+            closes_at=closes_at.timestamp(),
+        )
+        return await self.routers["markets"].call(new_id(), message)
+
+    async def post_lottery_draw(
+        self, lottery: str, draw: str, drawn_at: datetime | None = None
+    ) -> dict:
+        """A lottery's result: it settles every closed raffle waiting for it."""
+        drawn_at = drawn_at or datetime.now(UTC)
+        if not isinstance(draw, str) or not draw.isascii() or not draw.isdigit():
+            raise InvalidInput("a draw is a string of digits", field="draw")
+        if len(draw) < 4:
+            raise InvalidInput("a draw has at least 4 digits", field="draw")
+        return await self._catalog(
+            "post_lottery_draw", lottery=_text(lottery, "lottery", 64), draw=draw,
+            drawn_at=drawn_at,
+        )
 
     async def void_event(self, event_id: object) -> dict:
         """Cancel the event and void each of its markets not yet settled (refunds)."""

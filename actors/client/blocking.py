@@ -213,6 +213,17 @@ class Lootify:
             )
         )
 
+    def create_raffle(self, event_id: object, name: str, **terms: Any) -> dict[str, Any]:
+        """A raffle: `tickets`, `ticket_price`, `prize`, and optionally `lottery`,
+        `result_grace_s`, `closes_at` (see `AsyncLootify.create_raffle`)."""
+        return self._loop.run(self._client.create_raffle(event_id, name, **terms))
+
+    def post_lottery_draw(
+        self, lottery: str, draw: str, drawn_at: datetime | None = None
+    ) -> dict[str, Any]:
+        """A lottery's result: it settles every closed raffle waiting for it."""
+        return self._loop.run(self._client.post_lottery_draw(lottery, draw, drawn_at))
+
     def void_event(self, event_id: object) -> dict[str, Any]:
         """Cancel the event and void its markets not yet settled (stakes refunded)."""
         return self._loop.run(self._client.void_event(event_id))

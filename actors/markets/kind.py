@@ -26,6 +26,7 @@ from actors.errors import (
     PayoutTooHigh,
     StakeTooHigh,
     StakeTooLow,
+    TicketTaken,
 )
 from actors.pubsub import get_publisher
 from actors.runtime import Cycle, EntityKind, Op, register_kind
@@ -47,6 +48,7 @@ from .messages import (
     Settle,
     Transition,
 )
+from .raffle import Raffle
 from .saga import RECOVERY_AGE_S, BetSaga, refused_before
 from .settings import MarketSettings
 from .state import Bet, Market, Refusal
@@ -74,6 +76,7 @@ REPLAYED_REFUSALS: dict[str, type[LootifyError]] = {
         StakeTooHigh,
         PayoutTooHigh,
         InvalidInput,
+        TicketTaken,
     )
 }
 
@@ -188,6 +191,7 @@ class MarketKind(EntityKind[Market]):
         m.takeout_bp = msg.takeout_bp
         m.min_stake, m.max_stake, m.max_payout = msg.min_stake, msg.max_stake, msg.max_payout
         m.closes_at, m.in_play = msg.closes_at, msg.in_play
+        m.raffle = None if msg.raffle is None else Raffle(msg.raffle)
         m.exposure = dict.fromkeys(m.keys, 0)
         if m.type == "fixed_odds":
             m.model = pricing.FixedOddsModel.from_odds(
@@ -233,7 +237,9 @@ class MarketKind(EntityKind[Market]):
             raise
         # Fixed odds always have a price; a pool bet's payout is decided at settlement.
         potential = None
-        if m.type != "pool" and price is not None:
+        if m.raffle is not None:
+            potential = m.raffle.terms.prize
+        elif m.type != "pool" and price is not None:
             potential = pricing.fixed_payout(msg.amount, price)
         bet = Bet(
             msg.bet_id,
@@ -301,7 +307,7 @@ class MarketKind(EntityKind[Market]):
 
     def _set_odds(self, m: Market, msg: SetOdds, cycle: Cycle) -> dict:
         if m.type != "fixed_odds":
-            raise InvalidTransition("pool odds follow the pools; they cannot be set")
+            raise InvalidTransition(f"a {m.type} market has no odds to set")
         if m.status in ("settled", "void"):
             raise InvalidTransition(f"the market is {m.status}")
         new = dict(m.odds)
@@ -323,7 +329,9 @@ class MarketKind(EntityKind[Market]):
             raise AlreadySettled(f"the market was settled ({m.winner} won)")
         if m.status != "closed":
             raise InvalidTransition(f"cannot settle a market that is {m.status}; close it first")
-        if winner not in m.exposure:
+        if m.raffle is not None:  # `winner` is the lottery's draw
+            winner = m.raffle.winning_number(winner)
+        elif winner not in m.exposure:
             raise InvalidInput(f"unknown selection {winner!r}", field="winner")
         accepted = [b for b in m.bets.values() if b.status == "accepted"]
         now = time.time()

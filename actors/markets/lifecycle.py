@@ -9,6 +9,8 @@ PostgreSQL and found by each market host's housekeeping (about once a second).
   one is settled or void. Events are rows, not entities: the conditional update
   itself decides, so when several hosts sweep at once, one of them wins each change
   and publishes it (`status_changed` on `event:<id>`, without `market_id`).
+- A closed raffle that names a lottery is sent `Settle` with the lottery's draw once
+  it is posted, or voided when its grace period passes without one.
 - An operator cancels an event (`cancel_event`); the client then voids its markets.
 """
 
@@ -21,7 +23,7 @@ from actors.errors import InvalidTransition, NotFound
 from actors.pubsub import get_publisher
 from actors.runtime import ignore_outcome
 
-from .messages import CloseDue
+from .messages import CloseDue, Settle, Transition
 
 log = logging.getLogger(__name__)
 DB_TIMEOUT_S = 5.0
@@ -29,6 +31,19 @@ DB_TIMEOUT_S = 5.0
 _DUE_MARKETS = (
     "select id::text from bets.markets where status in ('open', 'suspended') "
     "and closes_at <= now() and shard = any($1::int[])"
+)
+# A raffle naming a lottery waits for that lottery's first draw at or after it closed,
+# and is void (stakes back) when none came within its grace period.
+_WAITING_RAFFLES = (
+    "select m.id::text, d.draw from bets.markets m "
+    "left join lateral (select draw from bets.lottery_draws d "
+    "  where d.lottery = m.pricing->>'lottery' "
+    "  and d.drawn_at >= coalesce(m.closes_at, m.created_at) "
+    "  order by d.drawn_at limit 1) d on true "
+    "where m.type = 'raffle' and m.status = 'closed' and m.shard = any($1::int[]) "
+    "and m.pricing->>'lottery' is not null and (d.draw is not null "
+    "  or coalesce(m.closes_at, m.created_at) "
+    "     + make_interval(secs => (m.pricing->>'result_grace_s')::int) <= now())"
 )
 _STARTED = (
     "update bets.events set status = 'live' where status = 'scheduled' "
@@ -45,29 +60,36 @@ _FINISHED = (
 class Lifecycle:
     def __init__(self, host: Any) -> None:
         self.host = host
-        # Markets sent `CloseDue` and not yet answered: one message each, however
-        # many ticks pass while it waits in the mailbox.
-        self.closing: set[str] = set()
+        # Markets sent a message by housekeeping and not yet answered: one message
+        # each, however many ticks pass while it waits in the mailbox.
+        self.sent: set[str] = set()
 
     async def tick(self) -> None:
         host = self.host
         async with host.pool.acquire(timeout=DB_TIMEOUT_S) as conn:
-            due = await conn.fetch(_DUE_MARKETS, list(host.owned), timeout=DB_TIMEOUT_S)
+            owned = list(host.owned)
+            due = await conn.fetch(_DUE_MARKETS, owned, timeout=DB_TIMEOUT_S)
+            raffles = await conn.fetch(_WAITING_RAFFLES, owned, timeout=DB_TIMEOUT_S)
             async with conn.transaction():
                 started = await conn.fetch(_STARTED, timeout=DB_TIMEOUT_S)
                 finished = await conn.fetch(_FINISHED, timeout=DB_TIMEOUT_S)
         for row in due:
-            market_id = row["id"]
-            if market_id in self.closing:
-                continue
-            self.closing.add(market_id)
-            future = host.submit(market_id, CloseDue())
-            future.add_done_callback(ignore_outcome)
-            future.add_done_callback(lambda _, m=market_id: self.closing.discard(m))
+            self._send(row["id"], CloseDue())
+        for row in raffles:
+            draw = row["draw"]
+            self._send(row["id"], Transition("void") if draw is None else Settle(draw))
         for row in started:
             self._publish(row["id"], "live")
         for row in finished:
             self._publish(row["id"], "finished")
+
+    def _send(self, market_id: str, message: Any) -> None:
+        if market_id in self.sent:
+            return
+        self.sent.add(market_id)
+        future = self.host.submit(market_id, message)
+        future.add_done_callback(ignore_outcome)
+        future.add_done_callback(lambda _: self.sent.discard(market_id))
 
     async def cancel_event(self, event_id: str) -> dict[str, Any]:
         """The event's status becomes `cancelled` (its markets are voided by the caller);

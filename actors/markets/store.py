@@ -12,6 +12,7 @@ from actors.runtime import check_versioned_update, retry_carefully_on_duplicate,
 
 from . import pricing
 from .clock import to_datetime, to_epoch
+from .raffle import Raffle
 from .state import Bet, Market, Refusal, pricing_json
 from .writes import (
     BetChanged,
@@ -42,6 +43,7 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
         p = json.loads(r["pricing"])
         m.takeout_bp = p.get("takeout_bp", 0)
         m.model = pricing.FixedOddsModel.from_json(m.keys, p) if m.type == "fixed_odds" else None
+        m.raffle = Raffle.from_json(p) if m.type == "raffle" else None
         m.min_stake, m.max_stake, m.max_payout = r["min_stake"], r["max_stake"], r["max_payout"]
         m.winner, m.version = r["winner"], r["version"]
         m.stored_version = m.version
