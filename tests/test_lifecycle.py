@@ -146,3 +146,22 @@ def test_an_operator_cancels_an_event_and_its_stakes_come_back(lootify, run, set
         assert lootify.void_event(event["id"])["status"] == "cancelled"  # idempotent
     finally:
         run(sub.close())
+
+
+def test_an_event_with_an_active_series_is_not_finished_between_rounds(lootify):
+    starts_at = datetime.now(UTC) + timedelta(seconds=2)
+    with_series = lootify.create_event("BTC up or down", "crypto", starts_at)
+    without = lootify.create_event("A x B", "football", starts_at)
+    lootify.create_round_series(
+        with_series["id"], "BTC", [{"key": "up", "name": "Up"}, {"key": "down", "name": "Down"}],
+        takeout="0.10", starts_at=datetime.now(UTC) + timedelta(days=1), period_s=60, open_s=30,
+        grace_s=10)
+    for event in (with_series, without):
+        market = lootify.create_market(event["id"], "Winner", "fixed_odds", EVEN, in_play=True)
+        lootify.market(market["id"]).close()
+        lootify.market(market["id"]).settle("home")
+    # One statement sweeps both events: once the one without a series is finished, the
+    # other was looked at too.
+    wait_until(lambda: _status(lootify, without["id"]) == "finished", timeout=15,
+               what="the event without a series to finish")
+    assert _status(lootify, with_series["id"]) == "live"

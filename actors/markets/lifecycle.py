@@ -49,9 +49,11 @@ _STARTED = (
     "update bets.events set status = 'live' where status = 'scheduled' "
     "and starts_at <= now() returning id::text"
 )
+# An event carrying an active series of rounds is not finished between two rounds.
 _FINISHED = (
     "update bets.events e set status = 'finished' where status = 'live' "
     "and exists (select 1 from bets.markets m where m.event_id = e.id) "
+    "and not exists (select 1 from bets.round_series s where s.event_id = e.id and s.active) "
     "and not exists (select 1 from bets.markets m where m.event_id = e.id "
     "  and m.status not in ('settled', 'void')) returning id::text"
 )
