@@ -29,6 +29,7 @@ __all__ = [
     "ReservationResolved",
     "StakeTooHigh",
     "StakeTooLow",
+    "TicketTaken",
     "Unavailable",
     "WrongHost",
 ]
@@ -92,3 +93,9 @@ class AlreadySettled(Conflict):
 
 class InvalidTransition(Conflict):
     code = "invalid_transition"
+
+
+class TicketTaken(Conflict):
+    """A raffle's number is sold once."""
+
+    code = "ticket_taken"

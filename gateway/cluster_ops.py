@@ -18,10 +18,8 @@ from actors.runtime import coordinator_handle
 POLL_S = 0.5
 
 
-def _connect() -> Any:
-    """The coordinator, with every kind registered (a coordinator that restarted has
-    forgotten them until a router registers them again)."""
-    settings = Settings()
+def join_cluster(settings: Settings) -> None:
+    """Join the Ray cluster (`RAY_ADDRESS`, else the head `make up` started), once."""
     if not ray.is_initialized():
         config.use_ray_token_auth()
         ray.init(
@@ -30,6 +28,13 @@ def _connect() -> Any:
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
+
+
+def _connect() -> Any:
+    """The coordinator, with every kind registered (a coordinator that restarted has
+    forgotten them until a router registers them again)."""
+    settings = Settings()
+    join_cluster(settings)
     asyncio.run(AsyncLootify.create(settings=settings))
     return coordinator_handle(settings.runtime)
 

@@ -186,7 +186,7 @@ class OddsCache:
     def _apply(self, topic: str, name: str, payload: dict) -> None:
         event_id = topic.partition(":")[2]
         event = self.events.get(event_id)
-        if event is None or name not in ("odds_updated", "status_changed"):
+        if event is None or name not in ("odds_updated", "status_changed", "sales_updated"):
             self._refetch(event_id)
             return
         market_id = payload.get("market_id")
@@ -201,7 +201,12 @@ class OddsCache:
             return
         if _older(payload, market):
             return
-        if name == "odds_updated":
+        if name == "status_changed" and market.get("type") == "raffle":
+            self._refetch(event_id)  # settling tells who won, or that the house kept the sales
+            return
+        if name == "sales_updated":
+            market["sold"] = payload["sold"]
+        elif name == "odds_updated":
             new = payload.get("odds") or {}
             market["selections"] = [
                 {**s, "odds": new[s["key"]]} if s["key"] in new else s

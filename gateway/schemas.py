@@ -98,13 +98,35 @@ class SelectionIn(BaseModel):
 
 class MarketIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    type: Literal["fixed_odds", "pool"]
-    selections: list[SelectionIn] = Field(min_length=2, max_length=100)
+    type: Literal["fixed_odds", "pool", "raffle"]
+    # Fixed odds and pools: 2 or more. A raffle's selections are its ticket numbers.
+    selections: list[SelectionIn] = Field(default_factory=list, max_length=100)
     overround: str | None = Field(default=None, max_length=15, examples=["1.05"])
     takeout: str | None = Field(default=None, max_length=15, examples=["0.10"])
     min_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_payout: str | None = Field(default=None, pattern=MONEY, max_length=15)
+    # Betting stops by itself then; by default at the event's start unless in play.
+    closes_at: dt.datetime | None = None
+    in_play: bool = False
+    # Raffles only.
+    tickets: Literal[100, 1000, 10000] | None = None
+    ticket_price: str | None = Field(default=None, pattern=MONEY, max_length=15)
+    prize: str | None = Field(default=None, pattern=MONEY, max_length=15)
+    lottery: str | None = Field(default=None, min_length=1, max_length=64)
+    result_grace_s: int | None = Field(default=None, ge=0, le=30 * 86_400)
+
+
+class LotteryDrawIn(BaseModel):
+    draw: str = Field(pattern=r"^\d{4,12}$", examples=["58342"])
+    # When the lottery drew it; by default now.
+    drawn_at: dt.datetime | None = None
+
+
+class LotteryDrawOut(BaseModel):
+    lottery: str
+    draw: str
+    drawn_at: str
 
 
 class OddsIn(BaseModel):
@@ -112,7 +134,10 @@ class OddsIn(BaseModel):
 
 
 class SettleIn(BaseModel):
-    winner: str = Field(min_length=1, max_length=64)
+    """`winner` (a selection's key) or, for a raffle, `draw` (the lottery's number)."""
+
+    winner: str | None = Field(default=None, min_length=1, max_length=64)
+    draw: str | None = Field(default=None, pattern=r"^\d{2,12}$", examples=["58342"])
 
 
 class SelectionOut(BaseModel):
@@ -125,12 +150,21 @@ class MarketOut(BaseModel):
     id: str
     event_id: str
     name: str
-    type: Literal["fixed_odds", "pool"]
+    type: Literal["fixed_odds", "pool", "raffle"]
     status: Literal["open", "suspended", "closed", "settled", "void"]
     selections: list[SelectionOut]
     min_stake: str | None = None
     max_stake: str | None = None
     max_payout: str | None = None
+    closes_at: str | None = None
+    in_play: bool = False
+    # Raffles only: the terms, tickets sold, and whether the house kept the sales.
+    tickets: int | None = None
+    ticket_price: str | None = None
+    prize: str | None = None
+    lottery: str | None = None
+    sold: int | None = None
+    house_keeps_sales: bool | None = None
 
 
 class EventOut(BaseModel):

@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actors.client import AsyncMarket
-from actors.errors import LootifyError, NotFound
+from actors.errors import InvalidInput, LootifyError, NotFound
 from actors.money import parse_amount, parse_odds
 
 from . import idempotency
 from .auth import tokens, users
 from .context import Context
 from .errors import Unauthenticated
-from .schemas import BetIn, EventIn, MarketIn
+from .schemas import BetIn, EventIn, LotteryDrawIn, MarketIn, SettleIn
 
 # Bet ids derived from idempotency keys: one key of one user is one bet, whichever
 # replica or socket it comes through.
@@ -111,33 +111,67 @@ async def get_event(ctx: Context, event_id: str) -> dict:
     return event
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    """A time without a zone is taken as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 async def create_event(ctx: Context, body: EventIn) -> dict:
-    starts_at = body.starts_at
-    if starts_at.tzinfo is None:
-        starts_at = starts_at.replace(tzinfo=dt.UTC)
-    event = await (await ctx.aio()).create_event(body.name, body.category, starts_at)
+    event = await (await ctx.aio()).create_event(body.name, body.category, _aware(body.starts_at))
     ctx.odds_cache.put_event(event)
     ctx.publish_changed(event["id"])
     return event
 
 
 async def create_market(ctx: Context, event_id: str, body: MarketIn) -> dict:
+    if body.type == "raffle":
+        market = await _create_raffle(ctx, event_id, body)
+    else:
+        market = await _create_priced_market(ctx, event_id, body)
+    ctx.odds_cache.put_market(market)
+    ctx.publish_changed(market["event_id"])
+    return market
+
+
+async def _create_raffle(ctx: Context, event_id: str, body: MarketIn) -> dict:
+    if body.tickets is None or body.ticket_price is None or body.prize is None:
+        raise InvalidInput("a raffle needs tickets, ticket_price and prize", field="tickets")
+    if body.in_play:
+        raise InvalidInput("a raffle cannot sell tickets after its event starts",
+                           field="in_play")
+    return await (await ctx.aio()).create_raffle(
+        _resource_id(event_id, "event"), body.name, tickets=body.tickets,
+        ticket_price=parse_amount(body.ticket_price, field="ticket_price"),
+        prize=parse_amount(body.prize, field="prize"), lottery=body.lottery,
+        result_grace_s=body.result_grace_s,
+        closes_at=None if body.closes_at is None else _aware(body.closes_at),
+    )
+
+
+async def _create_priced_market(ctx: Context, event_id: str, body: MarketIn) -> dict:
     # Odds stay strings here: the market layer parses them (with `parse_odds`).
     selections = [
         {"key": s.key, "name": s.name,
          "odds": None if s.odds is None else str(parse_odds(s.odds, field=f"odds of {s.key}"))}
         for s in body.selections
     ]
-    market = await (await ctx.aio()).create_market(
+    return await (await ctx.aio()).create_market(
         _resource_id(event_id, "event"), body.name, body.type, selections,
         overround=body.overround, takeout=body.takeout,
         min_stake=_stake(body.min_stake, "min_stake"),
         max_stake=_stake(body.max_stake, "max_stake"),
         max_payout=_stake(body.max_payout, "max_payout"),
+        closes_at=None if body.closes_at is None else _aware(body.closes_at),
+        in_play=body.in_play,
     )
-    ctx.odds_cache.put_market(market)
-    ctx.publish_changed(market["event_id"])
-    return market
+
+
+async def void_event(ctx: Context, event_id: str) -> dict:
+    """Cancel an event and void its open markets, refunding their stakes."""
+    event = await (await ctx.aio()).void_event(_resource_id(event_id, "event"))
+    ctx.odds_cache.put_event(event)
+    ctx.publish_changed(event["id"])
+    return event
 
 
 async def _change_market(
@@ -167,8 +201,18 @@ async def set_odds(ctx: Context, market_id: str, odds: dict[str, str]) -> dict:
     return await _change_market(ctx, market_id, lambda market: market.set_odds(parsed))
 
 
-async def settle_market(ctx: Context, market_id: str, winner: str) -> dict:
-    return await _change_market(ctx, market_id, lambda market: market.settle(winner))
+async def settle_market(ctx: Context, market_id: str, body: SettleIn) -> dict:
+    """By a selection's key, or a raffle by a draw (whose last digits name the number)."""
+    if (body.winner is None) == (body.draw is None):
+        raise InvalidInput("say either winner or draw", field="winner")
+    result = body.winner if body.winner is not None else body.draw
+    assert result is not None
+    return await _change_market(ctx, market_id, lambda market: market.settle(result))
+
+
+async def post_lottery_draw(ctx: Context, lottery: str, body: LotteryDrawIn) -> dict:
+    drawn_at = None if body.drawn_at is None else _aware(body.drawn_at)
+    return await (await ctx.aio()).post_lottery_draw(lottery, body.draw, drawn_at)
 
 
 async def void_market(ctx: Context, market_id: str) -> dict:

@@ -88,6 +88,20 @@ def market(m: Mapping[str, Any]) -> dict[str, Any]:
         "min_stake": money(m.get("min_stake")),
         "max_stake": money(m.get("max_stake")),
         "max_payout": money(m.get("max_payout")),
+        "closes_at": timestamp(m.get("closes_at")),
+        "in_play": bool(m.get("in_play")),
+        **(_raffle(m) if m["type"] == "raffle" else {}),
+    }
+
+
+def _raffle(m: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "tickets": m["tickets"],
+        "ticket_price": money(m["ticket_price"]),
+        "prize": money(m["prize"]),
+        "lottery": m.get("lottery"),
+        "sold": m["sold"],
+        "house_keeps_sales": m["house_keeps_sales"],
     }
 
 
@@ -130,6 +144,8 @@ def push(event_name: str, payload: Any, currency: str) -> Any:
     if event_name == "odds_updated":
         out = {"market_id": str(payload["market_id"]), "odds": odds_map(payload["odds"])}
         return out
+    if event_name == "sales_updated":
+        return {k: payload[k] for k in ("market_id", "sold", "tickets")}
     if event_name == "status_changed":
         out = {"status": payload["status"]}
         if payload.get("market_id") is not None:

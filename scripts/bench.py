@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -152,7 +152,7 @@ async def bets(settings: Settings, dsn: str, results: dict, settle_size: int) ->
     client = await AsyncLootify.create(settings=settings)
     users = [str(uuid.uuid4()) for _ in range(2000)]
     await asyncio.gather(*(client.wallet(u).deposit(10**9, "seed") for u in users))
-    event = await client.create_event("Bench", "bench", datetime.now(UTC))
+    event = await client.create_event("Bench", "bench", datetime.now(UTC) + timedelta(days=1))
 
     async def market(kind: str = "fixed_odds") -> str:
         sel = [{"key": "home", "name": "Home", "odds": "1.90"},

@@ -328,9 +328,11 @@ async def setup_lootify(dsn: str, url: str, args: argparse.Namespace, work: Path
     users = [{"id": u.id, "token": tokens.issue(u)} for u in players]
     api = Api(url)
     try:
-        now = dt.datetime.now(dt.UTC).isoformat()
+        # Tomorrow: the markets close by themselves at their event's start.
+        starts_at = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
         event = (await api.call("POST", "/api/events", op_token,
-                                {"name": "Bench", "category": "bench", "starts_at": now}))["event"]
+                                {"name": "Bench", "category": "bench",
+                                 "starts_at": starts_at}))["event"]
         market_body = {"name": "Winner", "type": "fixed_odds", "selections": SELECTIONS,
                        "max_stake": "10000.00", "max_payout": "10000000.00"}
         made = await api.many([("POST", f"/api/events/{event['id']}/markets", op_token,
@@ -338,7 +340,7 @@ async def setup_lootify(dsn: str, url: str, args: argparse.Namespace, work: Path
         markets = [m["market"]["id"] for m in made]
         fan_event = (await api.call("POST", "/api/events", op_token,
                                     {"name": "Fan-out", "category": "bench",
-                                     "starts_at": now}))["event"]
+                                     "starts_at": starts_at}))["event"]
         fan_market = (await api.call("POST", f"/api/events/{fan_event['id']}/markets",
                                      op_token, market_body))["market"]["id"]
         t = time.perf_counter()

@@ -100,9 +100,10 @@ def main(dsn: str) -> dict[str, Any]:
 
 def run_scenario(cluster: Cluster, first: Any, aio: AsyncLootify, loop: LoopThread,
                  coordinator: Any) -> dict[str, Any]:
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
-    event = loop.run(aio.create_event("Home x Away", "football", datetime.now(UTC)))
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    event = loop.run(aio.create_event("Home x Away", "football", tomorrow))
     market = loop.run(aio.create_market(
         event["id"], "Winner", "fixed_odds",
         [{"key": "home", "name": "Home", "odds": "2.00"},

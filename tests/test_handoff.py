@@ -13,7 +13,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -150,7 +150,8 @@ def test_lootify_scale_out_and_back_in_under_load_loses_and_duplicates_nothing(
     and bets keep coming; `lootify status --json` shows the hosts. Every acknowledged
     operation is stored exactly once, no shard was held by two hosts in one epoch."""
     monkeypatch.setenv("LOOTIFY_NAMESPACE", settings.namespace)
-    event = lootify.create_event("Home x Away", "football", datetime.now(UTC))
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    event = lootify.create_event("Home x Away", "football", tomorrow)
     markets = [
         lootify.create_market(
             event["id"], f"Winner {i}", "fixed_odds",

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 
@@ -57,7 +57,8 @@ def selections(odds: dict[str, str | None]) -> list[dict]:
 def new_market(
     lootify, odds: dict[str, str | None] | None = None, type: str = "fixed_odds", **limits
 ) -> dict:
-    event = lootify.create_event("Home x Away", "football", datetime.now(UTC))
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    event = lootify.create_event("Home x Away", "football", tomorrow)
     if odds is None:
         odds = EVEN if type == "fixed_odds" else dict.fromkeys(["home", "away"])
     return lootify.create_market(event["id"], "Winner", type, selections(odds), **limits)

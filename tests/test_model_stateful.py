@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -107,7 +107,8 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
                 self._deposit(u, INITIAL_DEPOSIT)
             self.markets: list[MarketModel] = []
             self.bets: dict[str, BetModel] = {}
-            self.event = lootify.create_event("Model FC x Cluster", "football", datetime.now(UTC))[
+            tomorrow = datetime.now(UTC) + timedelta(days=1)
+            self.event = lootify.create_event("Model FC x Cluster", "football", tomorrow)[
                 "id"
             ]
             self._open_market("fixed_odds")

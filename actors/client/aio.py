@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from actors import markets, wallets
-from actors.errors import InvalidInput
+from actors.errors import AlreadySettled, InvalidInput, InvalidTransition
 from actors.markets import pricing
 from actors.markets.series import scheduler
 from actors.money import check_amount, parse_odds
@@ -200,10 +200,17 @@ class AsyncLootify:
         min_stake: int | None = None,
         max_stake: int | None = None,
         max_payout: int | None = None,
+        closes_at: datetime | None = None,
+        in_play: bool = False,
     ) -> dict:
         """A new market on an event; it starts `open`. Stakes and payouts in minor units;
-        `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds."""
+        `takeout` (pools) a fraction such as "0.1425"; fixed odds need every selection's odds.
+        It closes by itself at `closes_at`, by default the event's start unless `in_play`."""
         event = await self.get_event(event_id)
+        if closes_at is not None and (not isinstance(closes_at, datetime) or not closes_at.tzinfo):
+            raise InvalidInput("closes_at must be a time with its zone", field="closes_at")
+        if closes_at is None and not in_play:
+            closes_at = event["starts_at"]
         message = markets.new_market_message(
             event["id"],
             name,
@@ -214,8 +221,63 @@ class AsyncLootify:
             min_stake,
             max_stake,
             max_payout,
+            closes_at=None if closes_at is None else closes_at.timestamp(),
+            in_play=bool(in_play),
         )
         return await self.routers["markets"].call(new_id(), message)
+
+    async def create_raffle(
+        self,
+        event_id: object,
+        name: str,
+        *,
+        tickets: int,
+        ticket_price: int,
+        prize: int,
+        lottery: str | None = None,
+        result_grace_s: int | None = None,
+        closes_at: datetime | None = None,
+    ) -> dict:
+        """A raffle of `tickets` numbered tickets (100, 1000 or 10000) at `ticket_price`;
+        the holder of the number a draw ends with is paid `prize` (minor units). With
+        `lottery`, that lottery's first draw after closing settles it, and none within
+        `result_grace_s` voids it. It closes at `closes_at`, by default the event's start."""
+        event = await self.get_event(event_id)
+        if closes_at is not None and (not isinstance(closes_at, datetime) or not closes_at.tzinfo):
+            raise InvalidInput("closes_at must be a time with its zone", field="closes_at")
+        closes_at = closes_at or event["starts_at"]
+        message = markets.new_raffle_message(
+            event["id"], name, tickets, ticket_price, prize, lottery, result_grace_s,
+            closes_at=closes_at.timestamp(),
+        )
+        return await self.routers["markets"].call(new_id(), message)
+
+    async def post_lottery_draw(
+        self, lottery: str, draw: str, drawn_at: datetime | None = None
+    ) -> dict:
+        """A lottery's result: it settles every closed raffle waiting for it."""
+        drawn_at = drawn_at or datetime.now(UTC)
+        if not isinstance(draw, str) or not draw.isascii() or not draw.isdigit():
+            raise InvalidInput("a draw is a string of digits", field="draw")
+        if len(draw) < 4:
+            raise InvalidInput("a draw has at least 4 digits", field="draw")
+        return await self._catalog(
+            "post_lottery_draw", lottery=_text(lottery, "lottery", 64), draw=draw,
+            drawn_at=drawn_at,
+        )
+
+    async def void_event(self, event_id: object) -> dict:
+        """Cancel the event and void each of its markets not yet settled (refunds)."""
+        event = await self.get_event(event_id)
+        await self._catalog("cancel_event", event_id=event["id"])
+        for m in event["markets"]:
+            if m["status"] in ("settled", "void"):
+                continue
+            try:
+                await self.market(m["id"]).void()
+            except (InvalidTransition, AlreadySettled):
+                pass  # settled or voided since the event was read
+        return await self.get_event(event["id"])
 
     async def place_bet(
         self,

@@ -190,10 +190,13 @@ class Lootify:
         min_stake: int | None = None,
         max_stake: int | None = None,
         max_payout: int | None = None,
+        closes_at: datetime | None = None,
+        in_play: bool = False,
     ) -> dict[str, Any]:
         """A new `fixed_odds` or `pool` market on an event; it starts `open`. Stakes and
         payouts in minor units; `takeout` (pools) a fraction such as "0.1425"; fixed
-        odds need every selection's odds."""
+        odds need every selection's odds. It closes by itself at `closes_at`, by
+        default the event's start, unless `in_play`."""
         return self._loop.run(
             self._client.create_market(
                 event_id,
@@ -205,8 +208,25 @@ class Lootify:
                 min_stake=min_stake,
                 max_stake=max_stake,
                 max_payout=max_payout,
+                closes_at=closes_at,
+                in_play=in_play,
             )
         )
+
+    def create_raffle(self, event_id: object, name: str, **terms: Any) -> dict[str, Any]:
+        """A raffle: `tickets`, `ticket_price`, `prize`, and optionally `lottery`,
+        `result_grace_s`, `closes_at` (see `AsyncLootify.create_raffle`)."""
+        return self._loop.run(self._client.create_raffle(event_id, name, **terms))
+
+    def post_lottery_draw(
+        self, lottery: str, draw: str, drawn_at: datetime | None = None
+    ) -> dict[str, Any]:
+        """A lottery's result: it settles every closed raffle waiting for it."""
+        return self._loop.run(self._client.post_lottery_draw(lottery, draw, drawn_at))
+
+    def void_event(self, event_id: object) -> dict[str, Any]:
+        """Cancel the event and void its markets not yet settled (stakes refunded)."""
+        return self._loop.run(self._client.void_event(event_id))
 
     def place_bet(
         self,

@@ -15,6 +15,7 @@ from .messages import (
     Transition,
     new_market_message,
 )
+from .raffle import new_raffle_message
 from .settings import MarketSettings
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "Settle",
     "Transition",
     "new_market_message",
+    "new_raffle_message",
 ]

@@ -1,5 +1,5 @@
-"""What subscribers hear of a market's committed cycle (through PubSub): odds and
-status on `event:<event id>`, a user's bets on `user:<user id>`."""
+"""What subscribers hear of a market's committed cycle (through PubSub): odds (a
+raffle's sales) and status on `event:<event id>`, a user's bets on `user:<user id>`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def publish_cycle(publisher: Publisher, stored: Stored) -> None:
                 "status_changed",
                 {"market_id": m.id, "status": m.status, "version": m.version},
             )
+        if m.raffle is not None:  # a raffle has no odds: its sales are the news
+            publish(
+                topic,
+                "sales_updated",
+                {"market_id": m.id, "sold": len(m.raffle.holders),
+                 "tickets": m.raffle.terms.tickets, "version": m.version},
+                coalesce=m.id,
+            )
+            continue
         publish(
             topic,
             "odds_updated",

@@ -26,16 +26,19 @@ from actors.errors import (
     PayoutTooHigh,
     StakeTooHigh,
     StakeTooLow,
+    TicketTaken,
 )
 from actors.pubsub import get_publisher
 from actors.runtime import Cycle, EntityKind, Op, register_kind
 
 from . import pricing, queries
 from .events import publish_cycle
+from .lifecycle import Lifecycle
 from .messages import (
     TRANSITIONS,
     BetRecord,
     CancelBet,
+    CloseDue,
     CreateMarket,
     GetMarket,
     MoneyMoved,
@@ -45,6 +48,7 @@ from .messages import (
     Settle,
     Transition,
 )
+from .raffle import Raffle
 from .saga import RECOVERY_AGE_S, BetSaga, refused_before
 from .settings import MarketSettings
 from .state import Bet, Market, Refusal
@@ -72,6 +76,7 @@ REPLAYED_REFUSALS: dict[str, type[LootifyError]] = {
         StakeTooHigh,
         PayoutTooHigh,
         InvalidInput,
+        TicketTaken,
     )
 }
 
@@ -111,6 +116,7 @@ class MarketKind(EntityKind[Market]):
         self.now = time.time()
         # Keyed bets admitted and not yet answered: bet id -> request hash.
         self.placing: dict[str, str] = {}
+        self.lifecycle = Lifecycle(host)
 
     async def load(self, conn: asyncpg.Connection, ids: list[str]) -> dict[str, Market]:
         return await load_markets(conn, ids)
@@ -164,6 +170,8 @@ class MarketKind(EntityKind[Market]):
             return self._cancel(m, msg, cycle)
         if isinstance(msg, Transition):
             return self._transition(m, msg.action, cycle)
+        if isinstance(msg, CloseDue):
+            return self._close_due(m, cycle)
         if isinstance(msg, SetOdds):
             return self._set_odds(m, msg, cycle)
         if isinstance(msg, Settle):
@@ -182,6 +190,8 @@ class MarketKind(EntityKind[Market]):
         m.names = [s[1] for s in msg.selections]
         m.takeout_bp = msg.takeout_bp
         m.min_stake, m.max_stake, m.max_payout = msg.min_stake, msg.max_stake, msg.max_payout
+        m.closes_at, m.in_play = msg.closes_at, msg.in_play
+        m.raffle = None if msg.raffle is None else Raffle(msg.raffle)
         m.exposure = dict.fromkeys(m.keys, 0)
         if m.type == "fixed_odds":
             m.model = pricing.FixedOddsModel.from_odds(
@@ -214,7 +224,7 @@ class MarketKind(EntityKind[Market]):
                 raise op.prepared
             if op.prepared != "reserved":  # not prepared: the market did not exist then
                 raise Conflict("the bet was not prepared; retry")
-            price = m.quote(msg)
+            price = m.quote(msg, self.now)
         except LootifyError as exc:
             if op.prepared == "reserved":
                 cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
@@ -227,7 +237,9 @@ class MarketKind(EntityKind[Market]):
             raise
         # Fixed odds always have a price; a pool bet's payout is decided at settlement.
         potential = None
-        if m.type != "pool" and price is not None:
+        if m.raffle is not None:
+            potential = m.raffle.terms.prize
+        elif m.type != "pool" and price is not None:
             potential = pricing.fixed_payout(msg.amount, price)
         bet = Bet(
             msg.bet_id,
@@ -285,9 +297,17 @@ class MarketKind(EntityKind[Market]):
         self._touch(m, cycle, "status_changed")
         return m.view()
 
+    def _close_due(self, m: Market, cycle: Cycle) -> dict:
+        """Housekeeping found the market past its closes_at; a suspended one closes too."""
+        if m.status in ("open", "suspended") and m.closes_at is not None:
+            if self.now >= m.closes_at:
+                m.status = "closed"
+                self._touch(m, cycle, "status_changed")
+        return m.view()
+
     def _set_odds(self, m: Market, msg: SetOdds, cycle: Cycle) -> dict:
         if m.type != "fixed_odds":
-            raise InvalidTransition("pool odds follow the pools; they cannot be set")
+            raise InvalidTransition(f"a {m.type} market has no odds to set")
         if m.status in ("settled", "void"):
             raise InvalidTransition(f"the market is {m.status}")
         new = dict(m.odds)
@@ -309,7 +329,9 @@ class MarketKind(EntityKind[Market]):
             raise AlreadySettled(f"the market was settled ({m.winner} won)")
         if m.status != "closed":
             raise InvalidTransition(f"cannot settle a market that is {m.status}; close it first")
-        if winner not in m.exposure:
+        if m.raffle is not None:  # `winner` is the lottery's draw
+            winner = m.raffle.winning_number(winner)
+        elif winner not in m.exposure:
             raise InvalidInput(f"unknown selection {winner!r}", field="winner")
         accepted = [b for b in m.bets.values() if b.status == "accepted"]
         now = time.time()
@@ -404,10 +426,15 @@ class MarketKind(EntityKind[Market]):
         return self.saga.finish(cycle.writes)
 
     async def tick(self) -> None:
-        await self.saga.recover()
+        try:
+            await self.saga.recover()
+        finally:  # a failed recovery must not keep markets from closing on time
+            await self.lifecycle.tick()
 
     async def query(self, name: str, args: dict[str, Any]) -> Any:
         """Reads (and catalog writes) that need no entity: `actors.markets.queries`."""
+        if name == "cancel_event":
+            return await self.lifecycle.cancel_event(**args)
         handler = queries.HANDLERS.get(name)
         if handler is None:
             return await super().query(name, args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
@@ -25,6 +26,16 @@ TRANSITIONS = {
 
 
 @wire_type
+class RaffleTerms(NamedTuple):
+    tickets: int
+    ticket_price: int
+    prize: int
+    lottery: str | None
+    # How long after closing a raffle waits for its lottery's draw before it is void.
+    result_grace_s: int
+
+
+@wire_type
 class CreateMarket(NamedTuple):
     event_id: str
     name: str
@@ -35,6 +46,10 @@ class CreateMarket(NamedTuple):
     max_stake: int
     max_payout: int | None
     overround: float | None = None
+    # Epoch seconds; None: it stays open until an operator closes it (in play).
+    closes_at: float | None = None
+    in_play: bool = False
+    raffle: RaffleTerms | None = None
 
 
 @wire_type
@@ -45,6 +60,11 @@ class GetMarket(NamedTuple):
 @wire_type
 class Transition(NamedTuple):
     action: str
+
+
+@wire_type
+class CloseDue(NamedTuple):
+    """Internal (the host's housekeeping): the market's `closes_at` has passed."""
 
 
 @wire_type
@@ -131,7 +151,7 @@ class BetRecord(NamedTuple):
 
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
-MARKET_TYPES = ("fixed_odds", "pool")
+MARKET_TYPES = ("fixed_odds", "pool")  # raffles: `raffle.new_raffle_message`
 DEFAULT_MIN_STAKE = 100
 DEFAULT_MAX_STAKE = 1_000_000
 
@@ -146,10 +166,14 @@ def new_market_message(
     min_stake: int | None,
     max_stake: int | None,
     max_payout: int | None,
+    *,
+    closes_at: float | None = None,
+    in_play: bool = False,
+    now: float | None = None,
 ) -> CreateMarket:
     """Validate an operator's market definition into the entity's create message."""
-    if not isinstance(name, str) or not 0 < len(name.strip()) <= 200:
-        raise InvalidInput("name must be 1-200 characters", field="name")
+    check_name_and_closing(name, closes_at, now)
+    assert isinstance(name, str)
     if type not in MARKET_TYPES:
         raise InvalidInput("type must be fixed_odds or pool", field="type")
     if not isinstance(selections, list) or not 2 <= len(selections) <= 50:
@@ -188,8 +212,21 @@ def new_market_message(
         raise InvalidInput("min_stake exceeds max_stake", field="min_stake")
     cap = None if max_payout is None else check_amount(max_payout, field="max_payout")
     return CreateMarket(
-        event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high, cap, margin
+        event_id, name.strip(), str(type), tuple(parsed), takeout_bp, low, high, cap, margin,
+        closes_at, bool(in_play),
     )
+
+
+def check_name_and_closing(name: object, closes_at: float | None, now: float | None) -> None:
+    """`closes_at` (epoch seconds) is when betting stops by itself; a market that would
+    be closed at once is refused rather than created dead."""
+    if not isinstance(name, str) or not 0 < len(name.strip()) <= 200:
+        raise InvalidInput("name must be 1-200 characters", field="name")
+    if closes_at is not None and closes_at <= (time.time() if now is None else now):
+        raise InvalidInput(
+            "closes_at has passed (in_play: true keeps a market open after the start)",
+            field="closes_at",
+        )
 
 
 def _fraction(

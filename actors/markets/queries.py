@@ -16,14 +16,21 @@ from typing import Any
 
 import asyncpg
 
-from actors.errors import NotFound
+from actors.errors import Conflict, NotFound
 
 from . import pricing, series
+from .messages import RaffleTerms
 
 _EVENT = "select id::text, name, category, starts_at, status from bets.events"
 _MARKET = (
     "select id::text, event_id::text, name, type, status, selections, odds, pricing, "
-    "min_stake, max_stake, max_payout, winner, version from bets.markets"
+    "min_stake, max_stake, max_payout, winner, version, closes_at, in_play, "
+    # A raffle's tickets sold, and whether its winning number had a holder.
+    "case when type = 'raffle' then (select count(*) from bets.bets b "
+    "  where b.market_id = markets.id and b.status in ('accepted', 'won', 'lost')) end as sold, "
+    "case when type = 'raffle' then exists (select 1 from bets.bets b "
+    "  where b.market_id = markets.id and b.status = 'won') end as raffle_won "
+    "from bets.markets"
 )
 _BET = (
     "select id::text, user_id::text, market_id::text, selection, amount, odds_x100, "
@@ -72,8 +79,15 @@ async def list_events(conn: asyncpg.Connection, limit: int = 1000) -> list[dict[
 
 def market_view(row: asyncpg.Record) -> dict[str, Any]:
     odds = json.loads(row["odds"])
-    takeout = json.loads(row["pricing"]).get("takeout_bp")
+    terms = json.loads(row["pricing"])
+    takeout = terms.get("takeout_bp")
+    raffle = {}
+    if row["type"] == "raffle":
+        raffle = {k: terms[k] for k in RaffleTerms._fields}
+        raffle["sold"] = row["sold"]
+        raffle["house_keeps_sales"] = row["status"] == "settled" and not row["raffle_won"]
     return {
+        **raffle,
         "id": row["id"],
         "event_id": row["event_id"],
         "name": row["name"],
@@ -89,6 +103,8 @@ def market_view(row: asyncpg.Record) -> dict[str, Any]:
         "winner": row["winner"],
         "takeout_bp": takeout if row["type"] == "pool" else None,
         "version": row["version"],
+        "closes_at": row["closes_at"],
+        "in_play": row["in_play"],
     }
 
 
@@ -143,6 +159,25 @@ async def list_rounds(conn: asyncpg.Connection, series_id: str) -> list[dict[str
     return [dict(r) for r in rows]
 
 
+async def post_lottery_draw(
+    conn: asyncpg.Connection, lottery: str, draw: str, drawn_at: datetime
+) -> dict[str, Any]:
+    """An operator's (or an oracle's) draw of a lottery; the raffles waiting for it are
+    settled by their hosts' housekeeping. Posting another number for the same drawing
+    is refused."""
+    stored = await conn.fetchval(
+        "insert into bets.lottery_draws (lottery, drawn_at, draw) values ($1, $2, $3) "
+        "on conflict (lottery, drawn_at) do update set draw = bets.lottery_draws.draw "
+        "returning draw",
+        lottery,
+        drawn_at,
+        draw,
+    )
+    if stored != draw:
+        raise Conflict(f"the {lottery} drawing of {drawn_at} already drew {stored}")
+    return {"lottery": lottery, "draw": draw, "drawn_at": drawn_at}
+
+
 # The queries a market host answers (`EntityHost.query`), by name.
 HANDLERS: dict[str, Callable[..., Awaitable[Any]]] = {
     "create_event": create_event,
@@ -153,4 +188,5 @@ HANDLERS: dict[str, Callable[..., Awaitable[Any]]] = {
     "create_round_series": create_round_series,
     "post_round_result": post_round_result,
     "list_rounds": list_rounds,
+    "post_lottery_draw": post_lottery_draw,
 }

@@ -19,6 +19,7 @@ written first (`payout_state = owed`), credited after, finished on recovery.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Awaitable
 from typing import Any
@@ -80,6 +81,7 @@ class BetSaga:
         # caught by the bets' primary key (a careful cycle then refuses it). A market
         # still to be activated must not reserve again for a bet it already holds.
         cold: list[str] = []
+        now = time.time()
         for op in ops:
             msg = op.message
             if not isinstance(msg, PlaceBet) or op.prepared is not None:
@@ -92,7 +94,7 @@ class BetSaga:
                 if m.event_id is None or msg.bet_id in m.bets or msg.bet_id in (m.refused or ()):
                     continue  # the cycle answers: not found, or a replay
                 try:
-                    m.quote(msg)
+                    m.quote(msg, now)
                 except LootifyError as exc:
                     op.prepared = exc
                     continue

@@ -133,6 +133,10 @@ class RoundScheduler:
         ):
             return
         assert self.markets is not None
+        opens = s["starts_at"] + timedelta(seconds=round_no * s["period_s"])
+        locks_at = opens + timedelta(seconds=s["open_s"])
+        if locks_at <= now:
+            return  # the scheduler was down for this round's whole betting window
         market_id = round_market_id(str(s["id"]), round_no)
         message = new_market_message(
             str(s["event_id"]),
@@ -144,19 +148,19 @@ class RoundScheduler:
             None,
             None,
             None,
+            closes_at=locks_at.timestamp(),
         )
         try:
             await self.markets.call(market_id, message)
         except Conflict:
             pass  # opened before a crash
-        opens = s["starts_at"] + timedelta(seconds=round_no * s["period_s"])
         await conn.execute(
             "insert into bets.rounds (series_id, round_no, market_id, locks_at) "
             "values ($1, $2, $3, $4) on conflict do nothing",
             s["id"],
             round_no,
             market_id,
-            opens + timedelta(seconds=s["open_s"]),
+            locks_at,
         )
 
     async def _advance(self, conn: asyncpg.Connection, r: asyncpg.Record, now: datetime) -> None:

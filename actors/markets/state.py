@@ -16,7 +16,9 @@ from actors.errors import (
 )
 
 from . import pricing
+from .clock import to_datetime
 from .messages import BetRecord, PlaceBet
+from .raffle import Raffle
 
 
 class Refusal(NamedTuple):
@@ -134,6 +136,9 @@ class Market:
         "refused",
         "unstaked",
         "settled_at",
+        "closes_at",
+        "in_play",
+        "raffle",
     )
 
     def __init__(self, market_id: str) -> None:
@@ -161,23 +166,40 @@ class Market:
         self.model: pricing.FixedOddsModel | None = None
         self.winner: str | None = None
         self.settled_at: float | None = None
+        self.closes_at: float | None = None  # epoch seconds; None: in play
+        self.in_play = False
+        self.raffle: Raffle | None = None
 
     def reprice(self) -> None:
-        if self.type == "pool":
+        if self.raffle is not None:
+            self.odds = {}  # a ticket has a price, not odds
+        elif self.type == "pool":
             self.odds = pricing.pool_odds(self.exposure, self.takeout_bp)
         else:
             assert self.model is not None
             self.odds = self.model.price(self.exposure)
 
     def add_exposure(self, bet: Bet, sign: int) -> None:
+        if self.raffle is not None:  # a raffle's exposure is who holds which number
+            if sign > 0:
+                self.raffle.holders[bet.selection] = bet.id
+            else:
+                self.raffle.holders.pop(bet.selection, None)
+            return
         self.exposure[bet.selection] += sign * (
             bet.amount if self.type == "pool" else (bet.potential or 0)
         )
 
-    def quote(self, msg: PlaceBet) -> int | None:
-        """The price a bet would be accepted at now, or the reason it is refused."""
+    def quote(self, msg: PlaceBet, now: float) -> int | None:
+        """The price a bet would be accepted at `now`, or the reason it is refused."""
         if self.status != "open":
             raise MarketNotOpen(f"the market is {self.status}", status=self.status)
+        # Housekeeping closes the market within a second; no bet slips in meanwhile.
+        if self.closes_at is not None and now >= self.closes_at:
+            raise MarketNotOpen("the market closed at its closes_at", status="closed")
+        if self.raffle is not None:
+            self.raffle.check(msg)
+            return None
         if msg.selection not in self.odds:
             raise InvalidInput(f"unknown selection {msg.selection!r}", field="selection")
         if msg.amount < self.min_stake:
@@ -215,6 +237,9 @@ class Market:
             "winner": self.winner,
             "takeout_bp": self.takeout_bp if self.type == "pool" else None,
             "version": self.version,
+            "closes_at": to_datetime(self.closes_at),
+            "in_play": self.in_play,
+            **(self.raffle.view(self.status, self.winner) if self.raffle else {}),
         }
 
     def odds_view(self) -> dict[str, Any]:
@@ -222,6 +247,8 @@ class Market:
 
 
 def pricing_json(m: Market) -> dict:
+    if m.raffle is not None:
+        return m.raffle.to_json()
     if m.type == "pool":
         return {"model": "pool", "takeout_bp": m.takeout_bp}
     assert m.model is not None

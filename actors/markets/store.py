@@ -12,6 +12,7 @@ from actors.runtime import check_versioned_update, retry_carefully_on_duplicate,
 
 from . import pricing
 from .clock import to_datetime, to_epoch
+from .raffle import Raffle
 from .state import Bet, Market, Refusal, pricing_json
 from .writes import (
     BetChanged,
@@ -30,7 +31,7 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
     markets = {i: Market(i) for i in ids}
     for r in await conn.fetch(
         "select id::text, event_id::text, name, type, status, selections, pricing, "
-        "min_stake, max_stake, max_payout, winner, version, settled_at "
+        "min_stake, max_stake, max_payout, winner, version, settled_at, closes_at, in_play "
         "from bets.markets where id = any($1::uuid[])",
         ids,
     ):
@@ -42,10 +43,12 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
         p = json.loads(r["pricing"])
         m.takeout_bp = p.get("takeout_bp", 0)
         m.model = pricing.FixedOddsModel.from_json(m.keys, p) if m.type == "fixed_odds" else None
+        m.raffle = Raffle.from_json(p) if m.type == "raffle" else None
         m.min_stake, m.max_stake, m.max_payout = r["min_stake"], r["max_stake"], r["max_payout"]
         m.winner, m.version = r["winner"], r["version"]
         m.stored_version = m.version
         m.settled_at = to_epoch(r["settled_at"])
+        m.closes_at, m.in_play = to_epoch(r["closes_at"]), r["in_play"]
         m.exposure = dict.fromkeys(m.keys, 0)
     for r in await conn.fetch(
         "select id::text, market_id::text, user_id::text, selection, amount, odds_x100, "
@@ -166,8 +169,8 @@ async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) 
 async def _insert_market(conn: asyncpg.Connection, m: Market, shards: int) -> None:
     await conn.execute(
         "insert into bets.markets (id, event_id, shard, name, type, status, selections, "
-        "pricing, odds, min_stake, max_stake, max_payout, version, unstaked) "
-        "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        "pricing, odds, min_stake, max_stake, max_payout, version, unstaked, closes_at, in_play) "
+        "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         m.id,
         m.event_id,
         shard_of(m.id, shards),
@@ -182,6 +185,8 @@ async def _insert_market(conn: asyncpg.Connection, m: Market, shards: int) -> No
         m.max_payout,
         m.version,
         len(m.unstaked),
+        to_datetime(m.closes_at),
+        m.in_play,
     )
 
 

@@ -18,6 +18,8 @@ from ..schemas import (
     EventEnvelope,
     EventIn,
     EventsOut,
+    LotteryDrawIn,
+    LotteryDrawOut,
     MarketEnvelope,
     MarketIn,
     OddsIn,
@@ -44,6 +46,11 @@ async def get_event(event_id: str, request: Request) -> dict:
 @router.post("/api/events", status_code=201, response_model=EventEnvelope, tags=["events"])
 async def create_event(body: EventIn, request: Request, _: tokens.Claims = Operator) -> dict:
     return {"event": views.event(await services.create_event(ctx_of(request), body))}
+
+
+@router.post("/api/events/{event_id}/void", response_model=EventEnvelope, tags=["events"])
+async def void_event(event_id: str, request: Request, _: tokens.Claims = Operator) -> dict:
+    return {"event": views.event(await services.void_event(ctx_of(request), event_id))}
 
 
 @router.post("/api/events/{event_id}/markets", status_code=201, response_model=MarketEnvelope,
@@ -82,8 +89,18 @@ async def set_odds(
 async def settle(
     market_id: str, body: SettleIn, request: Request, _: tokens.Claims = Operator
 ) -> dict:
-    market = await services.settle_market(ctx_of(request), market_id, body.winner)
+    market = await services.settle_market(ctx_of(request), market_id, body)
     return {"market": views.market(market)}
+
+
+@router.post("/api/lotteries/{lottery}/draws", status_code=201, response_model=LotteryDrawOut,
+             tags=["markets"])
+async def post_lottery_draw(
+    lottery: str, body: LotteryDrawIn, request: Request, _: tokens.Claims = Operator
+) -> dict:
+    """A lottery's result: the closed raffles naming the lottery are settled by it."""
+    draw = await services.post_lottery_draw(ctx_of(request), lottery, body)
+    return {**draw, "drawn_at": views.timestamp(draw["drawn_at"])}
 
 
 @router.post("/api/markets/{market_id}/void", response_model=MarketEnvelope, tags=["markets"])

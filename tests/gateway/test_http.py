@@ -298,6 +298,8 @@ OPERATOR_ROUTES = [
     ("PUT", "/api/markets/{id}/odds", {"odds": {"a": "2.10"}}),
     ("POST", "/api/markets/{id}/settle", {"winner": "a"}),
     ("POST", "/api/markets/{id}/void", None),
+    ("POST", "/api/events/{id}/void", None),
+    ("POST", "/api/lotteries/federal/draws", {"draw": "58342"}),
 ]
 USER_ROUTES = [
     ("GET", "/api/auth/me", None),
