@@ -252,6 +252,11 @@ class EntityHost:
             "phase_seconds": dict(self.phase_seconds),
         }
 
+    async def activated(self) -> list[str]:
+        """The ids of the entities in memory now (the audit compares them with PostgreSQL)."""
+        await self._ready()
+        return list(self.entities)
+
     async def passivate_all(self) -> int:
         """Drop every idle entity now (tests and benchmarks; normal passivation is by age)."""
         await self._ready()
