@@ -27,6 +27,10 @@ class Metrics:
             "lootify_http_request_duration_seconds", "HTTP request latency",
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.settlement = Histogram(
+            "lootify_settlement_seconds", "operators' settle requests, answered once paid",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.bets_placed = Counter(
             "lootify_bets_placed", "bets accepted", ["channel"], registry=r
         )
