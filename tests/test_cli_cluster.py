@@ -4,7 +4,6 @@ process joined to the test session's Ray cluster and database."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
