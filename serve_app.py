@@ -62,7 +62,8 @@ def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any
         # a replica at five sockets.
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options=options,
-        logging_config={"enable_access_log": settings.access_log},
+        # JSON lines, each with the request id Serve assigned (the hosts log it too).
+        logging_config={"enable_access_log": settings.access_log, "encoding": "JSON"},
     ).bind()
 
 

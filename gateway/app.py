@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .context import Context
 from .error_handlers import add_error_handlers
@@ -14,6 +15,7 @@ from .lane import BetLane
 from .middleware import BodyLimit, RequestMetrics
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
+from .request_ids import RequestIds
 from .routes import accounts, betting
 from .schemas import HealthOut
 
@@ -41,8 +43,7 @@ def create_app(ctx: Context) -> FastAPI:
 
     @app.get("/metrics", response_class=Response, tags=["operations"])
     async def metrics() -> Response:
-        body, content_type = ctx.metrics.render()
-        return Response(body, media_type=content_type)
+        return Response(await ctx.cluster_metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/socket/websocket")
     async def socket(websocket: WebSocket) -> None:
@@ -51,4 +52,5 @@ def create_app(ctx: Context) -> FastAPI:
     app.add_middleware(BetLane, fastapi=app)
     app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    app.add_middleware(RequestIds)
     return app

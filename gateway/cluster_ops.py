@@ -1,4 +1,5 @@
-"""`lootify scale` and `lootify status`: the coordinator, driven by hand."""
+"""`lootify scale` and `lootify status`: the coordinator, driven by hand; and how
+every command that needs the cluster joins it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from typing import Any
 
 import ray
+from rich.console import Console
+from rich.table import Table
 
 from actors import settings as config
 from actors.client import AsyncLootify, Settings
@@ -75,17 +78,18 @@ def status(as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
-    print("nodes:")
+    console = Console()
+    nodes = Table("node", "address", "state", "CPUs", title="nodes", title_justify="left")
     for node in report["nodes"]:
-        state = "alive" if node["alive"] else "dead"
-        print(f"  {node['node'][:12]}  {node['address']:<15}  {state:<5}  {node['cpus']} CPU")
-    print("hosts:       node          shards  entities  mailbox")
+        nodes.add_row(node["node"][:12], node["address"], "alive" if node["alive"] else "dead",
+                      str(node["cpus"]))
+    hosts = Table("host", "node", "shards", "entities", "mailbox", title="hosts",
+                  title_justify="left")
     for host in report["hosts"]:
-        node = (host["node"] or "?")[:12]
-        entities = "down" if not host["up"] else host["entities"]
-        print(
-            f"  {host['kind']:<7}-{host['index']:<3} {node:<13} {host['shards']:>6}  "
-            f"{entities!s:>8}  {host.get('mailbox', '-')!s:>7}"
+        hosts.add_row(
+            f"{host['kind']}-{host['index']}", (host["node"] or "?")[:12], str(host["shards"]),
+            str(host["entities"]) if host["up"] else "down", str(host.get("mailbox", "-")),
         )
-    print("epochs: " + ", ".join(f"{k} {e}" for k, e in report["epoch"].items()))
+    console.print(nodes, hosts)
+    console.print("epochs: " + ", ".join(f"{k} {e}" for k, e in report["epoch"].items()))
     return 0

@@ -22,6 +22,7 @@ from actors.settings import service_dsn
 
 from . import idempotency, ratelimit
 from .auth import tokens
+from .cluster_metrics import ClusterMetrics
 from .metrics import Metrics
 from .odds_cache import CHANGED, OddsCache
 from .ratelimit import RateLimiter
@@ -36,6 +37,7 @@ class Context:
         self.settings = settings
         self.cluster_settings = Settings()
         self.metrics = Metrics()
+        self.cluster_metrics = ClusterMetrics(self)
         self.pool: asyncpg.Pool | None = None
         self.limiter: RateLimiter | None = None
         self.subscriber = Subscriber(self.cluster_settings.namespace)
@@ -56,6 +58,7 @@ class Context:
         self.subscriber.start()
         self.odds_cache.start()
         self._purging = asyncio.ensure_future(self._purge_expired())
+        self.cluster_metrics.start()
         self.metrics.gauge_callback(
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
             lambda: 1.0 if self.subscriber.healthy else 0.0,
@@ -77,6 +80,7 @@ class Context:
     async def close(self) -> None:
         if self._purging is not None:
             self._purging.cancel()
+        self.cluster_metrics.close()
         self.odds_cache.stop()
         await self.subscriber.close()
         if self.pool is not None:

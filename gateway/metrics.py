@@ -1,4 +1,5 @@
-"""Prometheus metrics of one replica (`GET /metrics` serves this replica's registry)."""
+"""Prometheus metrics of one replica (`gateway.cluster_metrics` serves them with every
+other replica's and the hosts')."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import os
 from collections.abc import Callable
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -27,6 +26,10 @@ class Metrics:
         self.latency = Histogram(
             "lootify_http_request_duration_seconds", "HTTP request latency",
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.settlement = Histogram(
+            "lootify_settlement_seconds", "operators' settle requests, answered once paid",
+            buckets=LATENCY_BUCKETS, registry=r,
         )
         self.bets_placed = Counter(
             "lootify_bets_placed", "bets accepted", ["channel"], registry=r
@@ -61,6 +64,3 @@ class Metrics:
 
     def gauge_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(fn)
-
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -10,6 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .error_handlers import error_response
 from .metrics import Metrics
 
+SETTLE_ROUTE = "/api/markets/{market_id}/settle"
+
 
 class BodyLimit:
     """413 for a body over `limit` bytes, by Content-Length or as it streams in."""
@@ -95,4 +97,7 @@ class RequestMetrics:
             label = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(label, method, str(status)).inc()
-            self.metrics.latency.labels(label, method).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.latency.labels(label, method).observe(elapsed)
+            if label == SETTLE_ROUTE and status == 200:
+                self.metrics.settlement.observe(elapsed)

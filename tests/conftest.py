@@ -71,6 +71,20 @@ def ray_cluster(database_url: str, settings: Settings) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def client_env(ray_cluster: None, database_url: str, settings: Settings) -> dict[str, str]:
+    """The environment a separate process (the CLI, a notebook's kernel) needs to join
+    the session's cluster as `actors.connect()` does."""
+    return {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "DATABASE_URL": database_url,
+        "LOOTIFY_NAMESPACE": settings.namespace,
+        "LOOTIFY_IDLE_SECONDS": str(settings.runtime.idle_seconds),
+        "LOOTIFY_SHARDS": str(settings.runtime.shards),
+    }
+
+
+@pytest.fixture(scope="session")
 def loop_thread() -> LoopThread:
     return LoopThread()
 

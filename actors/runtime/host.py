@@ -23,6 +23,7 @@ hosts through a `Router` (`actors.runtime.router`), which batches messages per h
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
 import logging
 import os
@@ -40,10 +41,15 @@ from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
 from .kind import Cycle, EntityKind, Op
+from .logs import log_json
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_batch, encode_outcomes
 
 log = logging.getLogger(__name__)
+
+# Upper bounds of the buckets of the hosts' histograms (exported by the gateway).
+CYCLE_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Entry:
@@ -78,6 +84,7 @@ class EntityHost:
         # A host keeps millions of small long-lived objects; with the default thresholds
         # the cyclic collector rescans them every few thousand allocations.
         gc.set_threshold(100_000, 50, 1000)
+        log_json("actors", settings.log_level)
         self.kind_name = kind.name
         self.index = index
         self.dsn = dsn
@@ -104,6 +111,12 @@ class EntityHost:
         self.calls = 0
         # Seconds spent per phase of a cycle, summed (exported as metrics).
         self.phase_seconds = {"load": 0.0, "prepare": 0.0, "apply": 0.0, "commit": 0.0}
+        # Per bucket of the bounds above, plus one past the last: counted per cycle.
+        self.cycle_sizes = [0] * (len(CYCLE_SIZE_BOUNDS) + 1)
+        self.commit_seconds = [0] * (len(COMMIT_SECONDS_BOUNDS) + 1)
+        self.activations = 0
+        self.passivations = 0
+        self.shards_handed_off = 0
         self._started: asyncio.Future[None] | None = None
         # Start right away, after a restart too (recovery must not wait for a caller):
         # the call runs once __init__ has returned.
@@ -127,11 +140,34 @@ class EntityHost:
 
     # -- the Ray API -------------------------------------------------------------
 
-    async def call(self, payload: bytes) -> bytes:
+    async def call(self, payload: bytes, request_ids: list[str] | None = None) -> bytes:
         """Deliver a batch of `(entity_id, message)` (`wire.encode_batch`); answer each
         `(ok, result|error)` in the same order (`wire.decode_outcomes`), once its effects
-        are committed."""
-        return encode_outcomes(await self._deliver(decode_batch(payload)))
+        are committed. `request_ids`: the requests the messages were sent for, logged
+        with the call at DEBUG, or at WARNING when it is slow."""
+        if request_ids is None:
+            return encode_outcomes(await self._deliver(decode_batch(payload)))
+        started = time.perf_counter()
+        outcomes = await self._deliver(decode_batch(payload))
+        elapsed = time.perf_counter() - started
+        slow = elapsed >= self.settings.slow_call_s
+        if slow or log.isEnabledFor(logging.DEBUG):
+            log.log(
+                logging.WARNING if slow else logging.DEBUG,
+                "slow call" if slow else "call",
+                extra={
+                    "host": f"{self.kind_name}-{self.index}",
+                    "request_ids": request_ids,
+                    "messages": len(outcomes),
+                    "refused": sum(not ok for ok, _ in outcomes),
+                    "ms": round(elapsed * 1000, 2),
+                },
+            )
+        return encode_outcomes(outcomes)
+
+    def set_log_level(self, level: str) -> None:
+        """DEBUG logs every call with its request ids; INFO only slow calls and faults."""
+        log_json("actors", level)
 
     async def _deliver(self, batch: list[tuple[str, Any]]) -> list[tuple[bool, Any]]:
         await self._ready()
@@ -186,6 +222,7 @@ class EntityHost:
         many were passivated. Messages still queued for them are answered `WrongHost`."""
         await self._ready()
         leaving = set(shards)
+        self.shards_handed_off += len(leaving & self.owned)
         self.owned -= leaving
         for shard in leaving:
             self.epochs.pop(shard, None)
@@ -202,6 +239,7 @@ class EntityHost:
             ]
             for entity_id in leavers:
                 del self.entities[entity_id]
+        self.passivations += len(leavers)
         return len(leavers)
 
     async def adopt(self) -> list[int]:
@@ -251,7 +289,17 @@ class EntityHost:
             "cycles": self.cycles,
             "ops": self.ops_done,
             "phase_seconds": dict(self.phase_seconds),
+            "cycle_sizes": (CYCLE_SIZE_BOUNDS, list(self.cycle_sizes)),
+            "commit_seconds": (COMMIT_SECONDS_BOUNDS, list(self.commit_seconds)),
+            "activations": self.activations,
+            "passivations": self.passivations,
+            "shards_handed_off": self.shards_handed_off,
         }
+
+    async def activated(self) -> list[str]:
+        """The ids of the entities in memory now (the audit compares them with PostgreSQL)."""
+        await self._ready()
+        return list(self.entities)
 
     async def passivate_all(self) -> int:
         """Drop every idle entity now (tests and benchmarks; normal passivation is by age)."""
@@ -310,6 +358,7 @@ class EntityHost:
             t0 = time.perf_counter()
             missing = list({op.entity_id for op in ops if op.entity_id not in self.entities})
             if missing:
+                self.activations += len(missing)
                 for entity_id, state in (await self.kind.load(conn, missing)).items():
                     self.entities[entity_id] = Entry(state, now)
             t1 = time.perf_counter()
@@ -348,7 +397,9 @@ class EntityHost:
                     await self.kind.commit(
                         conn, cycle, Fence(self.kind_name, self.index, self.incarnation, fence)
                     )
-                phases["commit"] += time.perf_counter() - t3
+                committed = time.perf_counter() - t3
+                phases["commit"] += committed
+                self.commit_seconds[bisect.bisect_left(COMMIT_SECONDS_BOUNDS, committed)] += 1
             except Fenced:
                 # A shard of the cycle moved, or a newer process is this host: nothing of
                 # the cycle stands, and its callers go to the owner the directory names.
@@ -393,6 +444,7 @@ class EntityHost:
             task.add_done_callback(self.finishing.discard)
         self.cycles += 1
         self.ops_done += len(ops)
+        self.cycle_sizes[bisect.bisect_left(CYCLE_SIZE_BOUNDS, len(ops))] += 1
         if deferred:
             self.queue[:0] = deferred
             self.wake.set()
@@ -429,6 +481,7 @@ class EntityHost:
         ]
         for entity_id in idle:
             del self.entities[entity_id]
+        self.passivations += len(idle)
         return len(idle)
 
     def submit(self, entity_id: str, message: Any, *, within: float = 0.0) -> asyncio.Future:

@@ -14,6 +14,7 @@ from .errors import InvalidInput, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
 from .kind import EntityKind
 from .liveness import ACTOR_DOWN
+from .logs import REQUEST_ID
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_outcomes, encode_batch
 
@@ -62,6 +63,8 @@ class Router:
         self.in_flight: dict[int, int] = {}
         self.batches_sent = 0
         self.messages_sent = 0
+        # The request id each queued message was sent under (`logs.REQUEST_ID`), if any.
+        self.request_ids: dict[asyncio.Future | _Slot, str] = {}
 
     def host_of(self, entity_id: str) -> int:
         host = self._hosts.get(entity_id)
@@ -76,6 +79,9 @@ class Router:
     def call(self, entity_id: str, message: Any) -> asyncio.Future:
         """Queue one message; the future resolves to its result or raises its error."""
         future = asyncio.get_running_loop().create_future()
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            self.request_ids[future] = request_id
         self._send_when_free(self._queue(entity_id, message, future))
         return future
 
@@ -123,14 +129,19 @@ class Router:
         self.messages_sent += len(batch)
         deadline = time.monotonic() + self.settings.call_deadline_s
         delay = 0.02
+        request_ids = None
+        if self.request_ids:
+            tagged = [self.request_ids.pop(f, None) for _, _, f in batch]
+            request_ids = [request_id for request_id in tagged if request_id is not None]
         try:
             payload = encode_batch([(i, m) for i, m, _ in batch])
         except Exception as exc:  # a message that is not a plain value: nothing was sent
             _fail(batch, InvalidInput(f"a message could not be encoded: {exc!r:.200}"))
             return
+        args = (payload, request_ids) if request_ids else (payload,)
         while True:
             try:
-                outcomes = decode_outcomes(await self.handles[host].call.remote(payload))
+                outcomes = decode_outcomes(await self.handles[host].call.remote(*args))
                 break
             except ACTOR_DOWN:
                 if await self._rerouted(host, batch):

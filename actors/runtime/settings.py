@@ -54,6 +54,10 @@ class RuntimeSettings:
     # and of `lootify scale`; above 0 the coordinator follows the nodes as they come
     # and go.
     hosts_per_node: int = field(default_factory=lambda: env_int("LOOTIFY_HOSTS_PER_NODE", 0))
+    # Hosts log every call with its request ids at DEBUG, and at WARNING a call slower
+    # than `slow_call_s`.
+    log_level: str = field(default_factory=lambda: os.environ.get("LOOTIFY_LOG_LEVEL", "INFO"))
+    slow_call_s: float = field(default_factory=lambda: env_float("LOOTIFY_SLOW_CALL_S", 1.0))
 
 
 @dataclass(frozen=True)

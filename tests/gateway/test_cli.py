@@ -1,6 +1,7 @@
 """`lootify create-user`, run as operators run it: a separate process."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,34 @@ def test_create_user_refuses_bad_input(gateway_dsn):
     done = lootify(gateway_dsn, "create-user", "--email", email, "--password", "short")
     assert done.returncode == 1 and "invalid_input" in done.stderr
     assert role_of(gateway_dsn, email) is None
+
+
+COMMANDS = ("up", "down", "status", "scale", "migrate", "create-user", "seed", "settle",
+            "void", "audit", "bench")
+
+
+def test_help_lists_every_command(gateway_dsn):
+    done = lootify(gateway_dsn, "--help")
+    assert done.returncode == 0
+    listed = {line.strip(" │").split()[0] for line in done.stdout.splitlines()
+              if line.startswith("│ ") and not line.startswith("│ --")}
+    assert set(COMMANDS) <= listed
+
+
+def test_bad_arguments_give_one_line_and_exit_2(gateway_dsn):
+    for args in (("settle",), ("seed", "--players", "many"), ("no-such-command",),
+                 ("create-user", "--email", "a@example.com", "--password", "x" * 10,
+                  "--role", "king")):
+        done = lootify(gateway_dsn, *args)
+        assert done.returncode == 2, args
+        assert done.stdout == "" and done.stderr.startswith("lootify: ")
+        assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_migrate_json_reports_nothing_left_to_apply(gateway_dsn):
+    env_dsn = {"DATABASE_URL": gateway_dsn}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "migrate", "--json"],
+                          env={**os.environ, **env_dsn}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"applied": []}

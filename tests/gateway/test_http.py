@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from decimal import Decimal
@@ -377,8 +378,9 @@ def test_metrics(api: httpx.Client, new_user) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'lootify_http_requests_total{method="GET",route="/api/wallet/balance",status="200"}' \
-        in text
+    # Every replica's figures carry the replica's name (one scrape shows them all).
+    assert re.search(r'lootify_http_requests_total\{method="GET",replica="[^"]+",'
+                     r'route="/api/wallet/balance",status="200"\}', text)
     assert 'route="unmatched",status="404"' in text
     assert "lootify_http_request_duration_seconds_bucket" in text
     assert "lootify_ws_connections" in text
@@ -594,8 +596,9 @@ def test_bets_over_http(api: httpx.Client, new_user) -> None:
     assert "bet_stake" in {t["kind"] for t in txs} and "bet_refund" in {t["kind"] for t in txs}
 
     text = api.get("/metrics").text
-    assert 'lootify_bets_placed_total{channel="http"}' in text
-    assert 'lootify_bets_refused_total{channel="http",reason="odds_changed"}' in text
+    assert re.search(r'lootify_bets_placed_total\{channel="http",replica="[^"]+"\}', text)
+    assert re.search(r'lootify_bets_refused_total\{channel="http",reason="odds_changed",'
+                     r'replica="[^"]+"\}', text)
 
 
 def test_idempotent_bets(api: httpx.Client, new_user, users_pool, loop_thread) -> None:
