@@ -11,7 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-MONEY = r"^\d{1,12}(\.\d{1,2})?$"
+# [0-9], not \d: the regex engine's \d matches every script's digits ("５.00").
+MONEY = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
+# overround and takeout: a fraction with up to four places (the market checks the range).
+FRACTION = r"^[0-9](\.[0-9]{1,4})?$"
 Money = Field(pattern=MONEY, max_length=15, examples=["50.00"])
 
 
@@ -100,8 +103,8 @@ class MarketIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     type: Literal["fixed_odds", "pool"]
     selections: list[SelectionIn] = Field(min_length=2, max_length=100)
-    overround: str | None = Field(default=None, max_length=15, examples=["1.05"])
-    takeout: str | None = Field(default=None, max_length=15, examples=["0.10"])
+    overround: str | None = Field(default=None, pattern=FRACTION, examples=["1.05"])
+    takeout: str | None = Field(default=None, pattern=FRACTION, examples=["0.10"])
     min_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_payout: str | None = Field(default=None, pattern=MONEY, max_length=15)
