@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 import ray
 
+import serve_app
 from actors.client import AsyncLootify, LoopThread, Lootify, Settings
 from actors.markets import MarketSettings
 from actors.ops.audit import ledger_violations
@@ -58,7 +59,9 @@ def ray_cluster(database_url: str, settings: Settings) -> Iterator[None]:
         namespace=settings.namespace,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"DATABASE_URL": database_url}},
+        # Serve's HTTP proxy inherits it: see serve_app.UVICORN_TRUSTED_PROXIES.
+        runtime_env={"env_vars": {"DATABASE_URL": database_url,
+                                  serve_app.UVICORN_TRUSTED_PROXIES: ""}},
     )
     yield
     ray.shutdown()
