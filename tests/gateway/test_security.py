@@ -151,6 +151,7 @@ def test_passwords_are_neither_stored_nor_logged_in_the_clear(api: httpx.Client,
             found = []
             for t in tables:
                 name = f'"{t["table_schema"]}"."{t["table_name"]}"'
+                # sql-identifier: a table of information_schema, quoted
                 if await conn.fetchval(
                         f"select count(*) from {name} t where t::text like '%' || $1 || '%'",
                         text):
