@@ -55,6 +55,9 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def ray_cluster(database_url: str, settings: Settings) -> Iterator[None]:
     ray.init(
+        # A cluster of our own, never another one running on the machine (ray.init
+        # would otherwise join the latest one it finds under /tmp/ray).
+        address="local",
         num_cpus=2,
         namespace=settings.namespace,
         include_dashboard=False,
