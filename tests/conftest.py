@@ -21,7 +21,7 @@ from actors.markets import MarketSettings
 from actors.ops.audit import ledger_violations
 from actors.ops.migrate import migrate
 from actors.runtime import RuntimeSettings
-from tests.pg_fixtures import create_database, fetch_rows, pg_dsn  # noqa: F401
+from tests.pg_fixtures import create_database, fetch_rows, pg_data_dir, pg_dsn  # noqa: F401
 
 TABLES = (
     "bets.round_results, bets.rounds, bets.round_series, "
