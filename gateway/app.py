@@ -1,5 +1,6 @@
 """The FastAPI application of one replica: routes, the contract's error shape, the
-body-size limit, request metrics, `/health`, `/metrics` and the Phoenix socket."""
+body-size limit, the request deadline, request metrics, `/health`, `/metrics` and the
+Phoenix socket."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from .context import Context
 from .error_handlers import add_error_handlers
 from .health import check_health
-from .middleware import BodyLimit, RequestMetrics
+from .middleware import BodyLimit, Deadline, RequestMetrics
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
 from .routes import accounts, betting
@@ -47,5 +48,6 @@ def create_app(ctx: Context) -> FastAPI:
         await serve_socket(websocket, ctx, hub)
 
     app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
+    app.add_middleware(Deadline, seconds=ctx.settings.request_deadline_s)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     return app
