@@ -85,22 +85,37 @@ class Deadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = abandoned = False
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if abandoned:
+                return  # the caller has had its 503
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.seconds)
-        except TimeoutError:
-            if started:
-                raise
-            response = error_response(
-                503, "unavailable", f"no answer within {self.seconds:g} s; retry "
-                "(with the same Idempotency-Key to learn what became of this request)")
-            await response(scope, receive, send)
+        work = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        # Not wait_for: it waits for the cancelled work to finish, and cancelling a
+        # query on a hung PostgreSQL waits on PostgreSQL (asyncpg sends a cancel request).
+        await asyncio.wait({work}, timeout=self.seconds)
+        if work.done():
+            work.result()
+            return
+        if started:
+            await work  # answering already: a deadline cannot replace a started answer
+            return
+        abandoned = True
+        work.cancel()
+        work.add_done_callback(_retrieve_outcome)
+        response = error_response(
+            503, "unavailable", f"no answer within {self.seconds:g} s; retry "
+            "(with the same Idempotency-Key to learn what became of this request)")
+        await response(scope, receive, send)
+
+
+def _retrieve_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class RequestMetrics:
