@@ -66,13 +66,17 @@ def test_money_and_health_answer_in_bounded_time_while_postgres_hangs(
     assert deposit.status_code == 503, deposit.text
     assert deposit.json()["error"]["code"] == "unavailable"
 
+    answers: list[str] = []
+
     def retried() -> httpx.Response | None:
         r = api.post("/api/wallet/deposit", json={"amount": "1.00"}, headers=key)
+        answers.append(f"{r.status_code} {r.text[:120]}")
         return r if r.status_code == 200 else None
 
     # The first attempt may or may not have reached the wallet; the retry tells which,
     # and either way the deposit is made once.
-    answer = wait_until(retried, timeout=15, interval=0.2, what="the retried deposit")
+    answer = wait_until(retried, timeout=15, interval=0.2,
+                        what=f"the retried deposit (answers: {answers})")
     assert answer.json()["balance"] == "11.00"
     wait_until(lambda: api.get("/health").json()["status"] == "healthy", timeout=15,
                what="health after PostgreSQL came back")
