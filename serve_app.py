@@ -19,6 +19,8 @@ from gateway.app import create_app
 from gateway.context import Context
 from gateway.settings import GatewaySettings, forwarded_env
 
+UVICORN_TRUSTED_PROXIES = "FORWARDED_ALLOW_IPS"
+
 
 @serve.deployment(
     name="gateway",
@@ -53,9 +55,13 @@ def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any
     """The bound application. `env`: extra environment for the replicas (tests pass
     the database, namespace and secrets of their own cluster)."""
     settings = GatewaySettings.from_env()
-    options: dict[str, Any] = {"num_cpus": 0}
-    if env:
-        options["runtime_env"] = {"env_vars": dict(env)}
+    options: dict[str, Any] = {"num_cpus": 0, "runtime_env": {"env_vars": {
+        # uvicorn (Serve's HTTP server) would otherwise take the client address from
+        # X-Forwarded-For for any peer on loopback, forged or not: the gateway alone
+        # decides whom to believe (`LOOTIFY_TRUSTED_PROXIES`, `gateway.deps.client_ip`).
+        UVICORN_TRUSTED_PROXIES: "",
+        **(env or {}),
+    }}}
     return Gateway.options(  # type: ignore[attr-defined]  # serve.deployment made it one
         num_replicas=replicas if replicas is not None else settings.replicas,
         # A WebSocket is an ongoing request for its whole life: the default (5) would cap

@@ -11,7 +11,10 @@ from .errors import InvalidInput
 MINOR_PER_UNIT = 100
 # A sane ceiling for one amount: ten billion units; beyond it is a typo or an attack.
 MAX_AMOUNT = 10_000_000_000 * MINOR_PER_UNIT
-_DECIMAL = re.compile(r"^\d{1,12}(\.\d{1,2})?$")
+# ASCII digits only: `\d`, `str.strip` and `Decimal` all take other scripts' digits and
+# spaces, which would read "５.００" (full-width) as 5.00.
+_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,2})?")
+_ASCII_SPACE = " \t\r\n"
 
 
 def parse_amount(text: object, *, field: str = "amount") -> int:
@@ -19,10 +22,11 @@ def parse_amount(text: object, *, field: str = "amount") -> int:
     more than two places, zero and negatives."""
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise InvalidInput(f'{field} must be a decimal string such as "50.00"', field=field)
-    raw = str(text).strip()
-    if not _DECIMAL.match(raw):
+    raw = str(text).strip(_ASCII_SPACE)
+    if not _DECIMAL.fullmatch(raw):
         raise InvalidInput(
-            f"{field} must be a positive decimal with at most two places", field=field
+            f"{field} must be a positive decimal in ASCII digits with at most two places",
+            field=field,
         )
     minor = int((Decimal(raw) * MINOR_PER_UNIT).to_integral_value())
     return check_amount(minor, field=field)
@@ -49,9 +53,11 @@ def parse_odds(text: object, *, field: str = "odds") -> Decimal:
         text = str(text)
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise InvalidInput(f'{field} must be a decimal string such as "2.10"', field=field)
-    raw = str(text).strip()
-    if not _DECIMAL.match(raw):
-        raise InvalidInput(f"{field} must be a decimal with at most two places", field=field)
+    raw = str(text).strip(_ASCII_SPACE)
+    if not _DECIMAL.fullmatch(raw):
+        raise InvalidInput(
+            f"{field} must be a decimal in ASCII digits with at most two places", field=field
+        )
     odds = Decimal(raw).quantize(Decimal("0.01"))
     if odds < Decimal("1.01") or odds > Decimal("1000.00"):
         raise InvalidInput(f"{field} must lie between 1.01 and 1000.00", field=field)

@@ -1,6 +1,6 @@
 """The FastAPI application of one replica: routes, the contract's error shape, the
-body-size limit, request metrics, `/health`, `/metrics`, the Phoenix socket, and the
-lane that takes bets past the router (`gateway.lane`)."""
+body-size limit, the request deadline, request metrics, `/health`, `/metrics`, the
+Phoenix socket, and the lane that takes bets past the router (`gateway.lane`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .context import Context
 from .error_handlers import add_error_handlers
 from .health import check_health
 from .lane import BetLane
-from .middleware import BodyLimit, RequestMetrics
+from .middleware import BodyLimit, Deadline, RequestMetrics
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
 from .request_ids import RequestIds
@@ -51,6 +51,7 @@ def create_app(ctx: Context) -> FastAPI:
 
     app.add_middleware(BetLane, fastapi=app)
     app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
+    app.add_middleware(Deadline, seconds=ctx.settings.request_deadline_s)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     app.add_middleware(RequestIds)
     return app

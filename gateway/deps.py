@@ -64,12 +64,14 @@ IdempotencyKey = Header(
 
 def client_ip(request: Request) -> str:
     peer = request.client.host if request.client else "unknown"
-    forwarded = request.headers.get("x-forwarded-for")
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
     trusted = ctx_of(request).settings.trusted_proxies
     if forwarded and trusted:
         try:
             if any(ipaddress.ip_address(peer) in net for net in trusted):
-                # The last entry is the one our trusted proxy appended.
+                # The rightmost entry, over every header line, is the one our trusted
+                # proxy added: a client's own header comes before it (a proxy that
+                # adds a line of its own leaves the client's first line in place).
                 return forwarded.split(",")[-1].strip() or peer
         except ValueError:
             pass

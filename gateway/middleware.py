@@ -1,7 +1,9 @@
-"""The ASGI middleware of a replica's app: the body-size limit and request metrics."""
+"""The ASGI middleware of a replica's app: the body-size limit, the request deadline
+and request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import HTTPException
@@ -68,6 +70,54 @@ class _TooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the body is larger than {limit} bytes")
+
+
+class Deadline:
+    """503 `unavailable` for an HTTP request not answered within `seconds`: with a
+    dependency hung (PostgreSQL stopped), callers learn it in bounded time instead of
+    waiting on it. The work is cancelled, not undone: a money operation that still
+    completes later is idempotent by its `Idempotency-Key`, so a retry with the same key
+    learns the true outcome."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = abandoned = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if abandoned:
+                return  # the caller has had its 503
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        # Not wait_for: it waits for the cancelled work to finish, and cancelling a
+        # query on a hung PostgreSQL waits on PostgreSQL (asyncpg sends a cancel request).
+        await asyncio.wait({work}, timeout=self.seconds)
+        if work.done():
+            work.result()
+            return
+        if started:
+            await work  # answering already: a deadline cannot replace a started answer
+            return
+        abandoned = True
+        work.cancel()
+        work.add_done_callback(_retrieve_outcome)
+        response = error_response(
+            503, "unavailable", f"no answer within {self.seconds:g} s; retry "
+            "(with the same Idempotency-Key to learn what became of this request)")
+        await response(scope, receive, send)
+
+
+def _retrieve_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class RequestMetrics:

@@ -11,7 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-MONEY = r"^\d{1,12}(\.\d{1,2})?$"
+# [0-9], not \d: the regex engine's \d matches every script's digits ("５.00").
+MONEY = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
+# overround and takeout: a fraction with up to four places (the market checks the range).
+FRACTION = r"^[0-9](\.[0-9]{1,4})?$"
 Money = Field(pattern=MONEY, max_length=15, examples=["50.00"])
 
 
@@ -101,8 +104,8 @@ class MarketIn(BaseModel):
     type: Literal["fixed_odds", "pool", "raffle"]
     # Fixed odds and pools: 2 or more. A raffle's selections are its ticket numbers.
     selections: list[SelectionIn] = Field(default_factory=list, max_length=100)
-    overround: str | None = Field(default=None, max_length=15, examples=["1.05"])
-    takeout: str | None = Field(default=None, max_length=15, examples=["0.10"])
+    overround: str | None = Field(default=None, pattern=FRACTION, examples=["1.05"])
+    takeout: str | None = Field(default=None, pattern=FRACTION, examples=["0.10"])
     min_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_stake: str | None = Field(default=None, pattern=MONEY, max_length=15)
     max_payout: str | None = Field(default=None, pattern=MONEY, max_length=15)
@@ -118,7 +121,7 @@ class MarketIn(BaseModel):
 
 
 class LotteryDrawIn(BaseModel):
-    draw: str = Field(pattern=r"^\d{4,12}$", examples=["58342"])
+    draw: str = Field(pattern=r"^[0-9]{4,12}$", examples=["58342"])
     # When the lottery drew it; by default now.
     drawn_at: dt.datetime | None = None
 
@@ -137,7 +140,7 @@ class SettleIn(BaseModel):
     """`winner` (a selection's key) or, for a raffle, `draw` (the lottery's number)."""
 
     winner: str | None = Field(default=None, min_length=1, max_length=64)
-    draw: str | None = Field(default=None, pattern=r"^\d{2,12}$", examples=["58342"])
+    draw: str | None = Field(default=None, pattern=r"^[0-9]{2,12}$", examples=["58342"])
 
 
 class SelectionOut(BaseModel):

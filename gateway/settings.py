@@ -78,6 +78,8 @@ class TokenSettings:
 class GatewaySettings:
     # HTTP
     max_body_bytes: int = 64 * 1024
+    # Under the 5 s in which a money request must answer, even with PostgreSQL hung.
+    request_deadline_s: float = 4.5
     # Honour X-Forwarded-For only from these peers (e.g. HAProxy on loopback): none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
     currency: str = "BRL"
@@ -105,6 +107,8 @@ class GatewaySettings:
         env = os.environ if environ is None else environ
         return cls(
             max_body_bytes=int(env.get("LOOTIFY_MAX_BODY_BYTES", cls.max_body_bytes)),
+            request_deadline_s=float(env.get("LOOTIFY_REQUEST_DEADLINE_S",
+                                             cls.request_deadline_s)),
             trusted_proxies=tuple(
                 ipaddress.ip_network(n.strip())
                 for n in env.get("LOOTIFY_TRUSTED_PROXIES", "").split(",")

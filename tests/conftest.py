@@ -15,13 +15,14 @@ import asyncpg
 import pytest
 import ray
 
+import serve_app
 from actors.client import AsyncLootify, LoopThread, Lootify, Settings
 from actors.markets import MarketSettings
 from actors.ops.audit import ledger_violations
 from actors.ops.migrate import migrate
 from actors.runtime import RuntimeSettings
 from actors.wallets import WalletSettings
-from tests.pg_fixtures import create_database, fetch_rows, pg_dsn  # noqa: F401
+from tests.pg_fixtures import create_database, fetch_rows, pg_data_dir, pg_dsn  # noqa: F401
 
 TABLES = (
     "bets.lottery_draws, bets.round_results, bets.rounds, bets.round_series, "
@@ -60,11 +61,16 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def ray_cluster(database_url: str, settings: Settings) -> Iterator[None]:
     ray.init(
+        # A cluster of our own, never another one running on the machine (ray.init
+        # would otherwise join the latest one it finds under /tmp/ray).
+        address="local",
         num_cpus=2,
         namespace=settings.namespace,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"DATABASE_URL": database_url}},
+        # Serve's HTTP proxy inherits it: see serve_app.UVICORN_TRUSTED_PROXIES.
+        runtime_env={"env_vars": {"DATABASE_URL": database_url,
+                                  serve_app.UVICORN_TRUSTED_PROXIES: ""}},
     )
     yield
     ray.shutdown()

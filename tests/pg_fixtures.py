@@ -1,7 +1,7 @@
 """PostgreSQL for the test session.
 
 `pg_dsn` (session): `DATABASE_URL` if set, else an embedded server started in a
-temporary directory on a free port and stopped when the session ends.
+temporary directory (`pg_data_dir`) on a free port and stopped when the session ends.
 `create_database(dsn, name)`: a new empty database on the same server, as a DSN.
 `fetch_rows(run, dsn, query, *args)`: the rows of one statement (the `sql` fixture).
 """
@@ -12,6 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -42,17 +43,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
+def pg_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """The embedded server's data directory (its processes: `pgserver.pid`), or None
+    when `DATABASE_URL` names a server of someone else's."""
+    if os.environ.get("DATABASE_URL"):
+        return None
+    return tmp_path_factory.mktemp("pg")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_data_dir: Path | None) -> Iterator[str]:
+    if pg_data_dir is None:
+        yield os.environ["DATABASE_URL"]
         return
-    data_dir = tmp_path_factory.mktemp("pg")
-    dsn = pgserver.start(data_dir, port=_free_port())
+    dsn = pgserver.start(pg_data_dir, port=_free_port())
     try:
         yield dsn
     finally:
-        pgserver.stop(data_dir)
+        pgserver.stop(pg_data_dir)
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -68,7 +76,9 @@ async def create_database(dsn: str, name: str) -> str:
         raise ValueError(f"bad database name {name!r}")
     conn = await asyncpg.connect(dsn)
     try:
+        # sql-identifier: the name matched _NAME above
         await conn.execute(f'drop database if exists "{name}" with (force)')
+        # sql-identifier: the name matched _NAME above
         await conn.execute(f'create database "{name}"')
     finally:
         await conn.close()
@@ -80,6 +90,7 @@ async def drop_database(dsn: str, name: str) -> None:
         raise ValueError(f"bad database name {name!r}")
     conn = await asyncpg.connect(dsn)
     try:
+        # sql-identifier: the name matched _NAME above
         await conn.execute(f'drop database if exists "{name}" with (force)')
     finally:
         await conn.close()

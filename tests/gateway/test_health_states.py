@@ -37,7 +37,7 @@ class _Pool:
             async def __aexit__(self, *exc):
                 return False
 
-            async def fetchval(self, query):
+            async def fetchval(self, query, timeout=None):
                 return 1
 
         return _Conn()
