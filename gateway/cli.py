@@ -30,7 +30,7 @@ from actors.ops.audit import ledger_violations
 from actors.ops.migrate import migrate as apply_migrations
 from actors.settings import database_url, service_dsn
 
-from . import cluster_ops, market_ops
+from . import cluster_ops, market_ops, payment_ops
 from .auth import users
 from .seeding import seed as seed_demo
 
@@ -319,6 +319,27 @@ def lottery_draw(
 ) -> None:
     """Post a lottery's draw: every closed raffle waiting for it is settled."""
     raise typer.Exit(market_ops.post_lottery_draw(lottery, draw, drawn_at))
+
+
+withdrawals = typer.Typer(help="The withdrawal queue (LOOTIFY_PAYMENTS=provider).")
+app.add_typer(withdrawals, name="withdrawals")
+
+
+@withdrawals.command("list")
+def list_withdrawals(
+    status: Annotated[str | None, typer.Option(help="e.g. pending; default: all")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+) -> None:
+    """The queue, oldest first (prints JSON)."""
+    _print_json(payment_ops.queue(status, limit))
+
+
+@withdrawals.command("approve")
+def approve_withdrawal(
+    withdrawal_id: Annotated[str, typer.Argument(help="the withdrawal's id")],
+) -> None:
+    """Approve a pending withdrawal: the provider pays it out (prints it as JSON)."""
+    _print_json(payment_ops.approve(withdrawal_id))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,10 +36,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
-    port = _free_port()
-    env = {
+def replica_env(database_url: str, settings: Settings) -> dict[str, str]:
+    """What the test replicas are told: the session's cluster, database and secret."""
+    return {
         "DATABASE_URL": database_url,
         "LOOTIFY_NAMESPACE": settings.namespace,
         "LOOTIFY_IDLE_SECONDS": str(settings.runtime.idle_seconds),
@@ -49,6 +48,12 @@ def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
         "LOOTIFY_RATE_LOGIN_PER_MIN": "100000",
         "LOOTIFY_CATALOG_RELOAD_S": "5",
     }
+
+
+@pytest.fixture(scope="session")
+def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
+    port = _free_port()
+    env = replica_env(database_url, settings)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     replicas = int(os.environ.get("LOOTIFY_TEST_REPLICAS", 1))
     serve.run(serve_app.build(env, replicas=replicas), name="lootify", route_prefix="/",
