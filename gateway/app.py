@@ -17,7 +17,7 @@ from .middleware import BodyLimit, RequestMetrics
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
 from .request_ids import RequestIds
-from .routes import accounts, betting, payments
+from .routes import accounts, betting, payments, series
 from .schemas import HealthOut
 
 
@@ -35,6 +35,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(betting.router)
     app.include_router(payments.router)
+    app.include_router(series.router)
 
     @app.get("/health", response_model=HealthOut, tags=["operations"],
              responses={503: {"model": HealthOut}})

@@ -1,4 +1,5 @@
-"""`/health`: PostgreSQL, the host actors and PubSub, each checked with a deadline."""
+"""`/health`: PostgreSQL, the host actors, PubSub and the round scheduler, each checked
+with a deadline."""
 
 from __future__ import annotations
 
@@ -18,9 +19,23 @@ async def _timed(coro: Any, timeout: float) -> tuple[bool, Any, float]:
         return False, f"{type(exc).__name__}: {exc}"[:200], (time.perf_counter() - start) * 1000
 
 
+def _scheduler_check(answered: bool, status: Any) -> dict[str, Any]:
+    """The round scheduler: ok when it ticked lately. Down or stuck, recurring rounds
+    stop opening and settling but bets go on: degraded, not unhealthy."""
+    if not answered:
+        return {"status": "error", "error": status}
+    last = status["last_tick_at"]
+    age = None if last is None else time.time() - last
+    stale_after = max(10.0, 10 * status["interval_s"])
+    fresh = status["running"] and age is not None and age < stale_after
+    return {"status": "ok" if fresh else "stalled",
+            "last_tick_s_ago": None if age is None else round(age, 1)}
+
+
 async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
-    """PostgreSQL, every host actor, PubSub. Unhealthy (503) when PostgreSQL or a whole
-    kind of hosts is down; degraded when PubSub or some hosts are."""
+    """PostgreSQL, every host actor, PubSub, the round scheduler. Unhealthy (503) when
+    PostgreSQL or a whole kind of hosts is down; degraded when PubSub, some hosts or
+    the scheduler are."""
 
     async def pg() -> Any:
         async with ctx.db().acquire(timeout=2) as c:
@@ -39,8 +54,12 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
     async def pubsub() -> Any:
         return await ctx.subscriber._get_handle().ping.remote()
 
-    (pg_ok, pg_val, pg_ms), (h_ok, h_val, _), (ps_ok, ps_val, ps_ms) = await asyncio.gather(
-        _timed(pg(), 2.0), _timed(hosts(), 3.0), _timed(pubsub(), 2.0)
+    async def rounds() -> Any:
+        return await (await ctx.aio()).scheduler_status()
+
+    (pg_ok, pg_val, pg_ms), (h_ok, h_val, _), (ps_ok, ps_val, ps_ms), sched = (
+        await asyncio.gather(_timed(pg(), 2.0), _timed(hosts(), 3.0), _timed(pubsub(), 2.0),
+                             _timed(rounds(), 2.0))
     )
     checks: dict[str, Any] = {
         "postgres": {"status": "ok" if pg_ok else "error", "latency_ms": round(pg_ms, 2)}
@@ -51,8 +70,10 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
         "catalog": {"status": "ok" if ctx.odds_cache.loaded else "loading",
                     "events": len(ctx.odds_cache.events)},
     }
+    checks["rounds_scheduler"] = _scheduler_check(*sched[:2])
     unhealthy = not pg_ok
     degraded = not (ps_ok and ctx.subscriber.healthy)
+    degraded = degraded or checks["rounds_scheduler"]["status"] != "ok"
     if not h_ok:
         checks["hosts"] = {"status": "error", "error": h_val}
         unhealthy = True
