@@ -5,6 +5,7 @@ Phoenix socket, and the lane that takes bets past the router (`gateway.lane`).""
 from __future__ import annotations
 
 from fastapi import FastAPI, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -16,7 +17,7 @@ from .middleware import BodyLimit, Deadline, RequestMetrics
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
 from .request_ids import RequestIds
-from .routes import accounts, betting
+from .routes import accounts, betting, payments, series
 from .schemas import HealthOut
 
 
@@ -33,6 +34,8 @@ def create_app(ctx: Context) -> FastAPI:
     add_error_handlers(app)
     app.include_router(accounts.router)
     app.include_router(betting.router)
+    app.include_router(payments.router)
+    app.include_router(series.router)
 
     @app.get("/health", response_model=HealthOut, tags=["operations"],
              responses={503: {"model": HealthOut}})
@@ -54,4 +57,8 @@ def create_app(ctx: Context) -> FastAPI:
     app.add_middleware(Deadline, seconds=ctx.settings.request_deadline_s)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     app.add_middleware(RequestIds)
+    if ctx.settings.cors_origins:  # outermost, so preflights are answered before the rest
+        app.add_middleware(CORSMiddleware, allow_origins=list(ctx.settings.cors_origins),
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "Idempotent-Replayed"])
     return app

@@ -30,7 +30,7 @@ from actors.ops.audit import ledger_violations
 from actors.ops.migrate import migrate as apply_migrations
 from actors.settings import database_url, service_dsn
 
-from . import cluster_ops, market_ops
+from . import cluster_ops, market_ops, payment_ops
 from .auth import users
 from .seeding import seed as seed_demo
 
@@ -319,6 +319,72 @@ def lottery_draw(
 ) -> None:
     """Post a lottery's draw: every closed raffle waiting for it is settled."""
     raise typer.Exit(market_ops.post_lottery_draw(lottery, draw, drawn_at))
+
+
+series = typer.Typer(help="Recurring pool rounds that lock daily at a time of day.")
+app.add_typer(series, name="series")
+
+
+@series.command("create")
+def create_series(
+    event: Annotated[str, typer.Option(help="the event's id")],
+    name: Annotated[str, typer.Option(help="the series' name")],
+    time_of_day: Annotated[str, typer.Option("--time", help='when rounds lock, "16:00"')],
+    timezone: Annotated[str, typer.Option(help='e.g. "America/New_York"')],
+    selections: Annotated[str, typer.Option(help="key:name pairs")] = "up:Up,down:Down",
+    takeout: Annotated[str, typer.Option(help='the house\'s share, "0.10"')] = "0.00",
+    lock_delay_s: Annotated[int, typer.Option(help="seconds after the time of day")] = 0,
+    settle_delay_s: Annotated[int, typer.Option(help="seconds after the lock")] = 0,
+    grace_s: Annotated[int, typer.Option(help="seconds to wait for a result")] = 1800,
+    oracle: Annotated[str | None, typer.Option(help='"sandbox"; none: operators')] = None,
+) -> None:
+    """A series of daily rounds on an event (prints it as JSON)."""
+    raise typer.Exit(market_ops.create_series(
+        event, name, selections, takeout, time_of_day, timezone, lock_delay_s,
+        settle_delay_s, grace_s, oracle))
+
+
+@series.command("list")
+def list_series() -> None:
+    """Every series, newest first (JSON)."""
+    raise typer.Exit(market_ops.list_series())
+
+
+@series.command("stop")
+def stop_series(series_id: Annotated[str, typer.Argument(help="the series' id")]) -> None:
+    """No new rounds; one already open still locks and settles."""
+    raise typer.Exit(market_ops.stop_series(series_id))
+
+
+@series.command("result")
+def round_result(
+    series_id: Annotated[str, typer.Argument(help="the series' id")],
+    round_no: Annotated[int, typer.Argument(help="the round's number")],
+    winner: Annotated[str, typer.Option(help="the winning selection's key")],
+) -> None:
+    """An operator's result for a round: the scheduler settles it once due."""
+    raise typer.Exit(market_ops.post_round_result(series_id, round_no, winner))
+
+
+withdrawals = typer.Typer(help="The withdrawal queue (LOOTIFY_PAYMENTS=provider).")
+app.add_typer(withdrawals, name="withdrawals")
+
+
+@withdrawals.command("list")
+def list_withdrawals(
+    status: Annotated[str | None, typer.Option(help="e.g. pending; default: all")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+) -> None:
+    """The queue, oldest first (prints JSON)."""
+    _print_json(payment_ops.queue(status, limit))
+
+
+@withdrawals.command("approve")
+def approve_withdrawal(
+    withdrawal_id: Annotated[str, typer.Argument(help="the withdrawal's id")],
+) -> None:
+    """Approve a pending withdrawal: the provider pays it out (prints it as JSON)."""
+    _print_json(payment_ops.approve(withdrawal_id))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from .auth import tokens
 from .cluster_metrics import ClusterMetrics
 from .metrics import Metrics
 from .odds_cache import CHANGED, OddsCache
+from .payments.desk import PaymentDesk, webhook_secret
+from .payments.sandbox import SandboxProvider
 from .ratelimit import RateLimiter
 from .settings import GatewaySettings
 
@@ -46,6 +48,8 @@ class Context:
         self._aio: AsyncLootify | None = None
         self._aio_lock = asyncio.Lock()
         self._purging: asyncio.Task | None = None
+        # Only in provider mode; direct mode moves money at once, as before.
+        self.payments: PaymentDesk | None = None
 
     async def start(self) -> None:
         # min_size=0: no connection is made here, so the replica starts without the database.
@@ -59,10 +63,21 @@ class Context:
         self.odds_cache.start()
         self._purging = asyncio.ensure_future(self._purge_expired())
         self.cluster_metrics.start()
+        if self.settings.payments.via_provider:
+            self.payments = self._payment_desk()
+            self.payments.start()
         self.metrics.gauge_callback(
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
             lambda: 1.0 if self.subscriber.healthy else 0.0,
         )
+
+    def _payment_desk(self) -> PaymentDesk:
+        payments = self.settings.payments
+        secret = webhook_secret(payments)
+        # The sandbox is the only provider built: it posts its webhooks to the gateway.
+        provider = SandboxProvider(payments.webhook_url, secret, payments.sandbox_delay_s,
+                                   payments.sandbox_deliveries)
+        return PaymentDesk(payments, self.db, self.aio, provider, secret)
 
     async def _purge_expired(self) -> None:
         """Drop idempotency keys past their 24 hours, revocations of expired tokens and
@@ -81,6 +96,8 @@ class Context:
         if self._purging is not None:
             self._purging.cancel()
         self.cluster_metrics.close()
+        if self.payments is not None:
+            await self.payments.close()
         self.odds_cache.stop()
         await self.subscriber.close()
         if self.pool is not None:

@@ -1,4 +1,5 @@
-"""`/health`: PostgreSQL, the host actors and PubSub, each checked with a deadline."""
+"""`/health`: PostgreSQL, the host actors, PubSub and the round scheduler, each checked
+with a deadline."""
 
 from __future__ import annotations
 
@@ -35,9 +36,23 @@ def _ignore_outcome(task: asyncio.Future) -> None:
         task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
+def _scheduler_check(answered: bool, status: Any) -> dict[str, Any]:
+    """The round scheduler: ok when it ticked lately. Down or stuck, recurring rounds
+    stop opening and settling but bets go on: degraded, not unhealthy."""
+    if not answered:
+        return {"status": "error", "error": status}
+    last = status["last_tick_at"]
+    age = None if last is None else time.time() - last
+    stale_after = max(10.0, 10 * status["interval_s"])
+    fresh = status["running"] and age is not None and age < stale_after
+    return {"status": "ok" if fresh else "stalled",
+            "last_tick_s_ago": None if age is None else round(age, 1)}
+
+
 async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
-    """PostgreSQL, every host actor, PubSub. Unhealthy (503) when PostgreSQL or a whole
-    kind of hosts is down; degraded when PubSub or some hosts are."""
+    """PostgreSQL, every host actor, PubSub, the round scheduler. Unhealthy (503) when
+    PostgreSQL or a whole kind of hosts is down; degraded when PubSub, some hosts or
+    the scheduler are."""
 
     async def pg() -> Any:
         async with ctx.db().acquire(timeout=CHECK_TIMEOUT_S) as c:
@@ -56,9 +71,14 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
     async def pubsub() -> Any:
         return await ctx.subscriber._get_handle().ping.remote()
 
-    (pg_ok, pg_val, pg_ms), (h_ok, h_val, _), (ps_ok, ps_val, ps_ms) = await asyncio.gather(
-        _timed(pg(), CHECK_TIMEOUT_S), _timed(hosts(), CHECK_TIMEOUT_S),
-        _timed(pubsub(), CHECK_TIMEOUT_S)
+    async def rounds() -> Any:
+        return await (await ctx.aio()).scheduler_status()
+
+    (pg_ok, pg_val, pg_ms), (h_ok, h_val, _), (ps_ok, ps_val, ps_ms), sched = (
+        await asyncio.gather(
+            _timed(pg(), CHECK_TIMEOUT_S), _timed(hosts(), CHECK_TIMEOUT_S),
+            _timed(pubsub(), CHECK_TIMEOUT_S), _timed(rounds(), CHECK_TIMEOUT_S),
+        )
     )
     checks: dict[str, Any] = {
         "postgres": {"status": "ok" if pg_ok else "error", "latency_ms": round(pg_ms, 2)}
@@ -69,8 +89,10 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
         "catalog": {"status": "ok" if ctx.odds_cache.loaded else "loading",
                     "events": len(ctx.odds_cache.events)},
     }
+    checks["rounds_scheduler"] = _scheduler_check(*sched[:2])
     unhealthy = not pg_ok
     degraded = not (ps_ok and ctx.subscriber.healthy)
+    degraded = degraded or checks["rounds_scheduler"]["status"] != "ok"
     if not h_ok:
         checks["hosts"] = {"status": "error", "error": h_val}
         unhealthy = True

@@ -73,3 +73,40 @@ def post_lottery_draw(lottery: str, draw: str, drawn_at: str | None) -> int:
         return {**posted, "drawn_at": views.timestamp(posted["drawn_at"])}
 
     return _run(work)
+
+
+def create_series(event_id: str, name: str, selections: str, takeout: str, time_of_day: str,
+                  timezone: str, lock_delay_s: int, settle_delay_s: int, grace_s: int,
+                  oracle: str | None) -> int:
+    """`selections` as `up:Up,down:Down` (key:name pairs)."""
+    async def work(aio: AsyncLootify) -> dict:
+        pairs = [part.partition(":") for part in selections.split(",") if part.strip()]
+        chosen = [{"key": k.strip(), "name": (n or k).strip()} for k, _, n in pairs]
+        return {"series": await aio.create_daily_series(
+            event_id, name, chosen, takeout=takeout, time_of_day=time_of_day,
+            timezone=timezone, lock_delay_s=lock_delay_s, settle_delay_s=settle_delay_s,
+            grace_s=grace_s, oracle=oracle)}
+
+    return _run(work)
+
+
+def list_series() -> int:
+    async def work(aio: AsyncLootify) -> dict:
+        return {"series": await aio.list_series()}
+
+    return _run(work)
+
+
+def stop_series(series_id: str) -> int:
+    async def work(aio: AsyncLootify) -> dict:
+        return {"series": await aio.stop_series(series_id)}
+
+    return _run(work)
+
+
+def post_round_result(series_id: str, round_no: int, winner: str) -> int:
+    async def work(aio: AsyncLootify) -> dict:
+        await aio.post_round_result(series_id, round_no, winner)
+        return {"series_id": series_id, "round_no": round_no, "winner": winner}
+
+    return _run(work)

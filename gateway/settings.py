@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from actors.money import parse_amount
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -75,6 +77,52 @@ class TokenSettings:
 
 
 @dataclass(frozen=True)
+class PaymentSettings:
+    """`LOOTIFY_PAYMENTS` direct|provider (direct: deposits and withdrawals act at once);
+    in provider mode `LOOTIFY_PAYMENTS_WEBHOOK_SECRET` (unset: one kept under the data
+    directory, as the JWT secret), `LOOTIFY_PAYMENTS_TOLERANCE_S` (300),
+    `LOOTIFY_WITHDRAWAL_AUTO_APPROVE_BELOW` (a decimal amount; withdrawals under it need
+    no operator; unset: every one does), `LOOTIFY_PAYMENTS_WEBHOOK_URL` (where the
+    sandbox provider posts; default the gateway on loopback), `LOOTIFY_PAYOUT_INTERVAL_S`
+    (0.5), `LOOTIFY_SANDBOX_DELAY_S` (0.5) and `LOOTIFY_SANDBOX_DELIVERIES` (how often
+    the sandbox sends each event, as providers deliver at least once; 1)."""
+
+    mode: str = "direct"
+    webhook_secret: str | None = None
+    tolerance_s: float = 300.0
+    auto_approve_below: int = 0
+    webhook_url: str = ""
+    payout_interval_s: float = 0.5
+    sandbox_delay_s: float = 0.5
+    sandbox_deliveries: int = 1
+
+    @property
+    def via_provider(self) -> bool:
+        return self.mode == "provider"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PaymentSettings:
+        env = os.environ if environ is None else environ
+        mode = env.get("LOOTIFY_PAYMENTS", cls.mode).strip().lower()
+        if mode not in ("direct", "provider"):
+            raise ValueError(f"LOOTIFY_PAYMENTS must be direct or provider, not {mode!r}")
+        below = env.get("LOOTIFY_WITHDRAWAL_AUTO_APPROVE_BELOW")
+        port = int(env.get("LOOTIFY_HTTP_PORT", GatewaySettings.http_port))
+        return cls(
+            mode=mode,
+            webhook_secret=env.get("LOOTIFY_PAYMENTS_WEBHOOK_SECRET") or None,
+            tolerance_s=float(env.get("LOOTIFY_PAYMENTS_TOLERANCE_S", cls.tolerance_s)),
+            auto_approve_below=parse_amount(below, field="auto_approve_below") if below else 0,
+            webhook_url=env.get("LOOTIFY_PAYMENTS_WEBHOOK_URL")
+            or f"http://127.0.0.1:{port}/api/payments/webhook",
+            payout_interval_s=float(env.get("LOOTIFY_PAYOUT_INTERVAL_S", cls.payout_interval_s)),
+            sandbox_delay_s=float(env.get("LOOTIFY_SANDBOX_DELAY_S", cls.sandbox_delay_s)),
+            sandbox_deliveries=int(env.get("LOOTIFY_SANDBOX_DELIVERIES",
+                                           cls.sandbox_deliveries)),
+        )
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     # HTTP
     max_body_bytes: int = 64 * 1024
@@ -88,6 +136,10 @@ class GatewaySettings:
     purge_interval_s: float = 600.0
     odds_cache_reload_s: float = 30.0
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    payments: PaymentSettings = field(default_factory=PaymentSettings)
+    # Browsers' origins allowed to call the API (`LOOTIFY_CORS_ORIGINS`, comma-separated;
+    # none by default: same-origin only).
+    cors_origins: tuple[str, ...] = ()
     # WebSockets
     ws_idle_s: float = 60.0  # Phoenix's default socket timeout
     ws_queue_max: int = 1000
@@ -120,6 +172,10 @@ class GatewaySettings:
             odds_cache_reload_s=float(env.get("LOOTIFY_CATALOG_RELOAD_S",
                                               cls.odds_cache_reload_s)),
             rate_limits=RateLimitSettings.from_env(env),
+            payments=PaymentSettings.from_env(env),
+            cors_origins=tuple(
+                o.strip() for o in env.get("LOOTIFY_CORS_ORIGINS", "").split(",") if o.strip()
+            ),
             ws_idle_s=float(env.get("LOOTIFY_WS_IDLE_S", cls.ws_idle_s)),
             ws_queue_max=int(env.get("LOOTIFY_WS_QUEUE_MAX", cls.ws_queue_max)),
             max_ongoing_requests=int(env.get("LOOTIFY_MAX_ONGOING_REQUESTS",

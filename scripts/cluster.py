@@ -342,6 +342,10 @@ def _deploy(address: str, port: int, host: str) -> None:
         if not hasattr(serve_app, "deploy"):
             raise SystemExit("serve_app.py has no deploy(port) function")
         serve_app.deploy(port, host)
+        # Recurring rounds: the scheduler is a detached actor, so it outlives this driver.
+        from actors.markets.series import scheduler
+
+        ray.get(scheduler(Settings()).start.remote(), timeout=60)
     finally:
         ray.shutdown()
 

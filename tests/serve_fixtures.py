@@ -21,10 +21,12 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+import ray
 from ray import serve
 
 import serve_app
 from actors.client import Settings
+from actors.markets.series import scheduler
 from gateway.auth import users
 
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -36,10 +38,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
-    port = _free_port()
-    env = {
+def replica_env(database_url: str, settings: Settings) -> dict[str, str]:
+    """What the test replicas are told: the session's cluster, database and secret."""
+    return {
         "DATABASE_URL": database_url,
         "LOOTIFY_NAMESPACE": settings.namespace,
         "LOOTIFY_IDLE_SECONDS": str(settings.runtime.idle_seconds),
@@ -49,7 +50,15 @@ def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
         "LOOTIFY_RATE_LOGIN_PER_MIN": "100000",
         "LOOTIFY_CATALOG_RELOAD_S": "5",
     }
+
+
+@pytest.fixture(scope="session")
+def serve_url(aio, database_url: str, settings: Settings) -> Iterator[str]:
+    port = _free_port()
+    env = replica_env(database_url, settings)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # As `make up` does: the round scheduler runs beside the gateway (and /health watches it).
+    ray.get(scheduler(settings).start.remote(), timeout=60)
     replicas = int(os.environ.get("LOOTIFY_TEST_REPLICAS", 1))
     serve.run(serve_app.build(env, replicas=replicas), name="lootify", route_prefix="/",
               blocking=False)

@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import ray
+
 from actors import markets, wallets
 from actors.errors import AlreadySettled, InvalidInput, InvalidTransition
 from actors.markets import pricing
-from actors.markets.series import scheduler
+from actors.markets.series import SCHEDULER_NAME, scheduler
 from actors.money import check_amount, parse_odds
 from actors.pubsub import pubsub_handle
 from actors.runtime import Router, canonical_id, connect_router, kind_named, new_id
@@ -369,6 +371,49 @@ class AsyncLootify:
         return await self._catalog(
             "list_rounds", series_id=canonical_id(series_id, field_name="series_id")
         )
+
+    async def create_daily_series(
+        self,
+        event_id: object,
+        name: str,
+        selections: list[dict],
+        *,
+        takeout: str,
+        time_of_day: str,
+        timezone: str,
+        lock_delay_s: int = 0,
+        settle_delay_s: int = 0,
+        grace_s: int = 1800,
+        oracle: str | None = None,
+    ) -> dict:
+        """Pool rounds locking daily at `time_of_day` in `timezone` (+ `lock_delay_s`),
+        settled from `settle_delay_s` after the lock by an operator's result or the
+        `oracle` adapter's, voided with refunds when none came `grace_s` later."""
+        return await self._catalog(
+            "create_daily_series",
+            event_id=canonical_id(event_id, field_name="event_id"),
+            name=_text(name, "name"), selections=selections, takeout=str(takeout),
+            time_of_day=time_of_day, timezone=timezone, lock_delay_s=lock_delay_s,
+            settle_delay_s=settle_delay_s, grace_s=grace_s, oracle=oracle,
+        )
+
+    async def get_series(self, series_id: object) -> dict:
+        """A series with its rounds so far."""
+        return await self._catalog(
+            "get_series", series_id=canonical_id(series_id, field_name="series_id"))
+
+    async def list_series(self) -> list[dict]:
+        return await self._catalog("list_series")
+
+    async def stop_series(self, series_id: object) -> dict:
+        """No new rounds; one already open still locks and settles."""
+        return await self._catalog(
+            "stop_series", series_id=canonical_id(series_id, field_name="series_id"))
+
+    async def scheduler_status(self) -> dict:
+        """The running scheduler's last tick; ValueError when there is none."""
+        handle = await asyncio.to_thread(ray.get_actor, SCHEDULER_NAME, self.settings.namespace)
+        return await handle.status.remote()
 
     async def start_scheduler(self) -> None:
         await scheduler(self.settings).start.remote()

@@ -150,6 +150,46 @@ async def post_round_result(
     await series.post_result(conn, series_id, round_no, winner)
 
 
+_SERIES = (
+    "select id::text, event_id::text, name, selections, takeout, starts_at, period_s, open_s, "
+    "time_of_day, timezone, lock_delay_s, settle_delay_s, grace_s, oracle, active, "
+    "created_at, stopped_at from bets.round_series"
+)
+
+
+def _series_view(row: asyncpg.Record) -> dict[str, Any]:
+    view = dict(row)
+    view["selections"] = json.loads(row["selections"])
+    view["time_of_day"] = None if row["time_of_day"] is None else row["time_of_day"].isoformat()
+    view["status"] = "active" if view.pop("active") else "stopped"
+    return view
+
+
+async def create_daily_series(conn: asyncpg.Connection, **args: Any) -> dict[str, Any]:
+    await get_event(conn, args["event_id"])
+    return await get_series(conn, await series.create_daily_series(conn, **args))
+
+
+async def get_series(conn: asyncpg.Connection, series_id: str) -> dict[str, Any]:
+    row = await conn.fetchrow(_SERIES + " where id = $1", series_id)
+    if row is None:
+        raise NotFound(f"no series {series_id}")
+    return {**_series_view(row), "rounds": await list_rounds(conn, series_id)}
+
+
+async def list_series(conn: asyncpg.Connection, limit: int = 500) -> list[dict[str, Any]]:
+    rows = await conn.fetch(_SERIES + " order by created_at desc limit $1", limit)
+    return [_series_view(r) for r in rows]
+
+
+async def stop_series(conn: asyncpg.Connection, series_id: str) -> dict[str, Any]:
+    """No new rounds; a round already open still locks and settles."""
+    await conn.execute(
+        "update bets.round_series set active = false, stopped_at = now() "
+        "where id = $1 and active", series_id)
+    return await get_series(conn, series_id)
+
+
 async def list_rounds(conn: asyncpg.Connection, series_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "select round_no, market_id::text, locks_at, status from bets.rounds "
@@ -188,5 +228,9 @@ HANDLERS: dict[str, Callable[..., Awaitable[Any]]] = {
     "create_round_series": create_round_series,
     "post_round_result": post_round_result,
     "list_rounds": list_rounds,
+    "create_daily_series": create_daily_series,
+    "get_series": get_series,
+    "list_series": list_series,
+    "stop_series": stop_series,
     "post_lottery_draw": post_lottery_draw,
 }

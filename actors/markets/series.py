@@ -7,8 +7,10 @@ winner, and voids it (every stake refunded) when no result came `grace_s` after
 the lock. Each step is idempotent and driven from PostgreSQL, so the scheduler
 can crash and restart anywhere: it picks up from the tables.
 
-The result source is pluggable (`Oracle`); the default reads what an operator
-posted with `post_result`.
+A series runs either on a fixed period or daily at a time of day in a named
+timezone (`actors.markets.schedules`); a daily one asks for the result
+`settle_delay_s` after the lock. The result is an operator's (`post_result`), else
+the series' oracle adapter's (`actors.markets.oracles`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -28,6 +31,8 @@ from actors.runtime import Router, RuntimeSettings, connect_router, kind_named
 from actors.settings import service_dsn
 
 from .messages import GetMarket, Settle, Transition, new_market_message
+from .oracles import ADAPTERS, Oracle, PostedResults, check_oracle
+from .schedules import check_delay, check_timezone, parse_time_of_day, schedule_of
 from .settings import MarketSettings
 
 log = logging.getLogger(__name__)
@@ -48,22 +53,6 @@ class SeriesSettings(Protocol):
     def markets(self) -> MarketSettings: ...
 
 
-class Oracle(Protocol):
-    async def result(self, conn: asyncpg.Connection, series_id: str, round_no: int) -> str | None:
-        """The winning selection of a locked round, or None while unknown."""
-
-
-class PostedResults:
-    """Results an operator posts (`post_result`)."""
-
-    async def result(self, conn: asyncpg.Connection, series_id: str, round_no: int) -> str | None:
-        return await conn.fetchval(
-            "select winner from bets.round_results where series_id = $1 and round_no = $2",
-            series_id,
-            round_no,
-        )
-
-
 def round_market_id(series_id: str, round_no: int) -> str:
     """Deterministic, so opening a round twice opens one market."""
     return str(uuid.uuid5(_ROUND_NS, f"{series_id}:{round_no}"))
@@ -82,12 +71,14 @@ class RoundScheduler:
         dsn: str,
         settings: SeriesSettings,
         interval_s: float = 0.5,
-        oracle: Oracle | None = None,
+        oracles: dict[str, Oracle] | None = None,
     ) -> None:
         self.dsn = dsn
         self.settings = settings
         self.interval_s = interval_s
-        self.oracle = oracle or PostedResults()
+        self.posted = PostedResults()
+        self.oracles = ADAPTERS if oracles is None else oracles
+        self.last_tick_at: float | None = None
         self._loop: asyncio.Future | None = None
         self.pool: asyncpg.Pool | None = None
         self.markets: Router | None = None
@@ -96,6 +87,12 @@ class RoundScheduler:
         if self._loop is None or self._loop.done():
             self._loop = asyncio.ensure_future(self._run())
         return True
+
+    async def status(self) -> dict[str, Any]:
+        """For `/health`: running, and when its last tick completed (epoch seconds)."""
+        running = self._loop is not None and not self._loop.done()
+        return {"running": running, "last_tick_at": self.last_tick_at,
+                "interval_s": self.interval_s}
 
     async def _run(self) -> None:
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
@@ -106,6 +103,7 @@ class RoundScheduler:
         while True:
             try:
                 await self.tick()
+                self.last_tick_at = time.time()
             except Exception:
                 log.exception("scheduler tick failed")
             await asyncio.sleep(self.interval_s)
@@ -117,7 +115,7 @@ class RoundScheduler:
             for s in await conn.fetch("select * from bets.round_series where active"):
                 await self._open_due(conn, s, now)
             for r in await conn.fetch(
-                "select r.*, s.grace_s from bets.rounds r "
+                "select r.*, s.grace_s, s.settle_delay_s, s.oracle from bets.rounds r "
                 "join bets.round_series s on s.id = r.series_id "
                 "where r.status in ('open', 'locked') and r.locks_at <= $1",
                 now,
@@ -125,18 +123,15 @@ class RoundScheduler:
                 await self._advance(conn, r, now)
 
     async def _open_due(self, conn: asyncpg.Connection, s: asyncpg.Record, now: datetime) -> None:
-        if now < s["starts_at"]:
-            return
-        round_no = int((now - s["starts_at"]).total_seconds() // s["period_s"])
+        current = schedule_of(s).current(now)
+        if current is None:
+            return  # not started, or between a fixed period's rounds
+        round_no, locks_at = current
         if await conn.fetchval(
             "select 1 from bets.rounds where series_id = $1 and round_no = $2", s["id"], round_no
         ):
             return
         assert self.markets is not None
-        opens = s["starts_at"] + timedelta(seconds=round_no * s["period_s"])
-        locks_at = opens + timedelta(seconds=s["open_s"])
-        if locks_at <= now:
-            return  # the scheduler was down for this round's whole betting window
         market_id = round_market_id(str(s["id"]), round_no)
         message = new_market_message(
             str(s["event_id"]),
@@ -176,7 +171,10 @@ class RoundScheduler:
                 r["series_id"],
                 r["round_no"],
             )
-        winner = await self.oracle.result(conn, r["series_id"], r["round_no"])
+        settles_at = r["locks_at"] + timedelta(seconds=r["settle_delay_s"])
+        if now < settles_at:
+            return
+        winner = await self._result(conn, r)
         if winner is not None:
             try:
                 await self.markets.call(market_id, Settle(winner))
@@ -184,12 +182,20 @@ class RoundScheduler:
                 pass
             view = await self.markets.call(market_id, GetMarket())
             await self._record(conn, r, "settled" if view["status"] == "settled" else "void")
-        elif now >= r["locks_at"] + timedelta(seconds=r["grace_s"]):
+        elif now >= settles_at + timedelta(seconds=r["grace_s"]):
             try:
                 await self.markets.call(market_id, Transition("void"))
             except (InvalidTransition, AlreadySettled):
                 pass
             await self._record(conn, r, "void")
+
+    async def _result(self, conn: asyncpg.Connection, r: asyncpg.Record) -> str | None:
+        posted = await self.posted.result(conn, r["series_id"], r["round_no"])
+        if posted is not None or r["oracle"] is None:
+            return posted
+        adapter = self.oracles.get(r["oracle"])
+        return None if adapter is None else await adapter.result(
+            conn, str(r["series_id"]), r["round_no"])
 
     @staticmethod
     async def _record(conn: asyncpg.Connection, r: asyncpg.Record, status: str) -> None:
@@ -238,6 +244,38 @@ async def create_series(
         period_s,
         open_s,
         grace_s,
+    )
+    return series_id
+
+
+async def create_daily_series(
+    conn: asyncpg.Connection,
+    event_id: str,
+    name: str,
+    selections: list[dict],
+    takeout: str,
+    time_of_day: str,
+    timezone: str,
+    lock_delay_s: int,
+    settle_delay_s: int,
+    grace_s: int,
+    oracle: str | None,
+) -> str:
+    """A series whose rounds lock daily at `time_of_day` in `timezone` (plus
+    `lock_delay_s`); betting on the first opens now."""
+    at = parse_time_of_day(time_of_day)
+    zone = check_timezone(timezone)
+    delays = [check_delay(v, f) for v, f in ((lock_delay_s, "lock_delay_s"),
+                                              (settle_delay_s, "settle_delay_s"),
+                                              (grace_s, "grace_s"))]
+    new_market_message(event_id, name, "pool", selections, None, takeout, None, None, None)
+    series_id = str(uuid.uuid4())
+    await conn.execute(
+        "insert into bets.round_series (id, event_id, name, selections, takeout, starts_at, "
+        "time_of_day, timezone, lock_delay_s, settle_delay_s, grace_s, oracle) "
+        "values ($1, $2, $3, $4, $5, now(), $6, $7, $8, $9, $10, $11)",
+        series_id, event_id, name, json.dumps(selections), str(takeout), at, zone,
+        *delays, check_oracle(oracle),
     )
     return series_id
 

@@ -61,21 +61,21 @@ class Claims:
 # -- the secret ----------------------------------------------------------------------------
 
 
-def load_secret(data_dir: Path | None = None) -> str:
-    """The secret in `data_dir/jwt_secret`, created if missing.
+def load_secret(data_dir: Path | None = None, name: str = SECRET_FILE) -> str:
+    """The secret in `data_dir/<name>` (`jwt_secret`), created if missing.
 
     Creation is atomic and race-free across processes: the new secret is written to a
     private temporary file which is then hard-linked to its final name; `link` fails if
     another process got there first, and then that process's secret is used. No reader
     ever sees a partly written file."""
     directory = Path(data_dir if data_dir is not None else DATA_DIR)
-    path = directory / SECRET_FILE
+    path = directory / name
     try:
         return _read_secret(path)
     except FileNotFoundError:
         pass
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".jwt_secret.", dir=directory)  # mode 0600
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)  # mode 0600
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(48) + "\n")

@@ -10,6 +10,7 @@ from actors.money import parse_amount
 from .. import services, views
 from ..auth import tokens
 from ..deps import Authenticated, IdempotencyKey, client_ip, ctx_of, idempotent, reference_for
+from ..payments.desk import PaymentDesk, request_id
 from ..schemas import (
     ERRORS,
     AmountIn,
@@ -70,10 +71,19 @@ async def _move(request: Request, claims: tokens.Claims, kind: str, amount: str)
     move = services.deposit if kind == "deposit" else services.withdraw
 
     async def work(key: str | None) -> tuple[int, dict]:
+        if ctx.payments is not None:  # through the provider: pending, answered 202
+            return 202, await _through_provider(ctx.payments, claims.user_id, kind, minor, key)
         b = await move(ctx, claims.user_id, minor, reference_for(kind, key))
         return 200, views.balance(b, ctx.settings.currency)
 
     return await idempotent(request, claims, work)
+
+
+async def _through_provider(desk: PaymentDesk, user_id: str, kind: str, minor: int,
+                            key: str | None) -> dict:
+    if kind == "deposit":
+        return await desk.deposit(user_id, minor, request_id(kind, user_id, key))
+    return await desk.withdraw(user_id, minor, request_id(kind, user_id, key))
 
 
 @router.post("/api/wallet/deposit", response_model=BalanceOut, tags=["wallet"])

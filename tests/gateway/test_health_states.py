@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 from gateway.health import check_health
@@ -43,11 +44,20 @@ class _Pool:
         return _Conn()
 
 
-def _ctx(pg: bool = True, hosts: tuple[bool, ...] = (True, True), pubsub: bool = True):
+def _ctx(pg: bool = True, hosts: tuple[bool, ...] = (True, True), pubsub: bool = True,
+         last_tick_s_ago: float | None = 0.5):
     stats = {"entities": 3}
     handles = [SimpleNamespace(stats=_Remote(stats, None if up else RuntimeError("dead")))
                for up in hosts]
-    aio = SimpleNamespace(routers={"wallets": SimpleNamespace(handles=handles)})
+
+    async def scheduler_status():
+        if last_tick_s_ago is None:
+            raise ValueError("Failed to look up actor with name 'rounds-scheduler'")
+        return {"running": True, "last_tick_at": time.time() - last_tick_s_ago,
+                "interval_s": 0.5}
+
+    aio = SimpleNamespace(routers={"wallets": SimpleNamespace(handles=handles)},
+                          scheduler_status=scheduler_status)
     ping = _Remote({"subscribers": 1}, None if pubsub else RuntimeError("gone"))
 
     async def get_aio():
@@ -82,3 +92,12 @@ def test_some_hosts_or_pubsub_down_is_degraded() -> None:
     assert asyncio.run(check_health(_ctx(hosts=(True, False))))[0] == "degraded"
     status, checks = asyncio.run(check_health(_ctx(pubsub=False)))
     assert status == "degraded" and checks["pubsub"]["status"] == "error"
+
+
+def test_a_missing_or_stalled_round_scheduler_is_degraded() -> None:
+    status, checks = asyncio.run(check_health(_ctx()))
+    assert checks["rounds_scheduler"]["status"] == "ok"
+    status, checks = asyncio.run(check_health(_ctx(last_tick_s_ago=None)))
+    assert status == "degraded" and checks["rounds_scheduler"]["status"] == "error"
+    status, checks = asyncio.run(check_health(_ctx(last_tick_s_ago=60)))
+    assert status == "degraded" and checks["rounds_scheduler"]["status"] == "stalled"
