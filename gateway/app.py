@@ -1,6 +1,7 @@
 """The FastAPI application of one replica: routes, the contract's error shape, the
-body-size limit, request metrics, `/health`, `/metrics`, the Phoenix socket, and the
-lane that takes bets past the router (`gateway.lane`)."""
+body-size limit, request metrics, `/health`, `/metrics`, the Phoenix socket, the live
+odds page at `/` (`gateway.page`), and the lane that takes bets past the router
+(`gateway.lane`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .error_handlers import add_error_handlers
 from .health import check_health
 from .lane import BetLane
 from .middleware import BodyLimit, RequestMetrics
+from .page import add_page_routes
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
 from .request_ids import RequestIds
@@ -33,6 +35,7 @@ def create_app(ctx: Context) -> FastAPI:
     add_error_handlers(app)
     app.include_router(accounts.router)
     app.include_router(betting.router)
+    add_page_routes(app)
 
     @app.get("/health", response_model=HealthOut, tags=["operations"],
              responses={503: {"model": HealthOut}})

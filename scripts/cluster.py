@@ -50,6 +50,7 @@ from actors import settings as config  # noqa: E402
 from actors.client import Settings  # noqa: E402
 from actors.ops import pgserver  # noqa: E402
 from actors.ops.migrate import migrate  # noqa: E402
+from gateway import page  # noqa: E402
 from gateway.settings import GatewaySettings  # noqa: E402
 
 PG_DIR = config.DATA_DIR / "pg"
@@ -384,6 +385,11 @@ def up() -> int:
                 _start_ray_head(dsn)
             RAY_ADDRESS_FILE.write_text(address + "\n")
 
+        try:
+            if page.ensure_built():
+                log("the page's assets built (npm ci in web/)")
+        except page.PageBuildError as exc:  # the API does not need the page
+            log(f"the page at / is not built: {exc}")
         log(f"deploying the Serve app on {gateway.http_host}:{port}")
         _deploy(address, port, gateway.http_host)
         _wait_healthy(port)
