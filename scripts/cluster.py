@@ -396,6 +396,7 @@ def up() -> int:
 
     print()
     print(f"  HTTP       http://127.0.0.1:{port}")
+    print(f"  Odds page  http://127.0.0.1:{port}/")
     print(f"  WebSocket  ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0&token=<jwt>")
     print(f"  API docs   http://127.0.0.1:{port}/docs")
     print(f"  Ray        {address}   (RAY_ADDRESS={address}, namespace "
