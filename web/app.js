@@ -122,10 +122,12 @@ function renderBalance(balance) {
 function renderOpenBets() {
   $("open-bets").replaceChildren(...[...openBets.values()].map((bet) => {
     const market = findMarket(bet.market_id)?.market;
+    const selection = market?.selections.find((s) => s.key === bet.selection)?.name;
     const payout = bet.potential_payout ? ` → ${bet.potential_payout}` : "";
     return element("li", {
       data: { betId: bet.id },
-      text: `${market?.name ?? "market"}: ${bet.selection} · ${bet.amount} @ ${bet.odds}${payout}`,
+      text: `${market?.name ?? "market"}: ${selection ?? bet.selection} · ${bet.amount} @ `
+        + `${bet.odds}${payout}`,
     });
   }));
 }

@@ -106,6 +106,7 @@ def test_live_odds_page_in_a_browser(built_page: None, serve_url: str, api: http
     tab.fill("#login [name=password]", player.password)
     tab.click("#login button[type=submit]")
     expect(tab.locator("#connection")).to_have_text("live")
+    expect(tab.locator("#login")).to_be_hidden()
     expect(tab.locator("#balance")).to_have_text(f"100.00 {currency}")
 
     price("home").click()
@@ -117,7 +118,7 @@ def test_live_odds_page_in_a_browser(built_page: None, serve_url: str, api: http
     assert [(b["amount"], b["odds"], b["status"]) for b in bets] == [
         ("10.00", "2.00", "accepted")], bets
     expect(tab.locator(f'#open-bets li[data-bet-id="{bets[0]["id"]}"]')).to_contain_text(
-        "Match winner: home · 10.00 @ 2.00 → 20.00")
+        "Match winner: Home · 10.00 @ 2.00 → 20.00")
 
     tab.evaluate("window.loadedOnce = true")  # a reload would forget it
     r = api.put(f"/api/markets/{market['id']}/odds", json={"odds": {"away": "4.75"}},
