@@ -1,6 +1,7 @@
 """The FastAPI application of one replica: routes, the contract's error shape, the
 body-size limit, the request deadline, request metrics, `/health`, `/metrics`, the
-Phoenix socket, and the lane that takes bets past the router (`gateway.lane`)."""
+Phoenix socket, the live odds page at `/` (`gateway.page`), and the lane that takes
+bets past the router (`gateway.lane`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .error_handlers import add_error_handlers
 from .health import check_health
 from .lane import BetLane
 from .middleware import BodyLimit, Deadline, RequestMetrics
+from .page import add_page_routes
 from .realtime.hub import Hub
 from .realtime.sockets import serve_socket
 from .request_ids import RequestIds
@@ -36,6 +38,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(betting.router)
     app.include_router(payments.router)
     app.include_router(series.router)
+    add_page_routes(app)
 
     @app.get("/health", response_model=HealthOut, tags=["operations"],
              responses={503: {"model": HealthOut}})

@@ -30,7 +30,8 @@ the conventional row-lock service and the ingress's own ceiling, in one run.
 4. The ledger audit (`actors.ops.audit.ledger_violations`) after the Lootify runs.
 5. A table, the CPU per accepted bet by process group for the HTTP hot run, the Ray
    calls, commit cycles and PostgreSQL transactions per bet of each Lootify run,
-   the ratios, the acceptance checks, and `bench-results/http-<time>.json`.
+   the ratios, the acceptance checks, and `bench-results/http-<time>.json`; its chart
+   (`scripts/bench_chart.py`) beside it as http-<time>.png, copied to docs/bench.png.
 
 The load generator shares the 2 cores with the servers and PostgreSQL. Over each
 measured window the CPU of every process of the run is recorded by kind
@@ -68,6 +69,7 @@ ROOT = SCRIPTS.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(SCRIPTS))
 
+from bench_chart import NoFigures, chart  # noqa: E402
 from cpu_meter import CpuMeter, Usage  # noqa: E402
 from loadgen import HttpConnection, request_bytes  # noqa: E402
 from profiling import Profiler  # noqa: E402
@@ -761,6 +763,10 @@ def main() -> int:
     path = out / f"http-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {path.relative_to(PROJECT_ROOT)} ({results['runtime_s']} s)")
+    try:
+        print(f"wrote {chart(path).relative_to(PROJECT_ROOT)} and docs/bench.png")
+    except NoFigures as exc:
+        log(f"no chart: {exc}")
     if args.strict and not all(ok for _, ok, _ in results["acceptance"]):
         return 1
     return 0

@@ -52,6 +52,7 @@ from actors import settings as config  # noqa: E402
 from actors.client import Settings  # noqa: E402
 from actors.ops import pgserver  # noqa: E402
 from actors.ops.migrate import migrate  # noqa: E402
+from gateway import page  # noqa: E402
 from gateway.settings import GatewaySettings  # noqa: E402
 
 PG_DIR = config.DATA_DIR / "pg"
@@ -410,12 +411,18 @@ def up() -> int:
         # HAProxy runs on this node and reaches the replicas from its loopback or Ray
         # address: the gateway believes X-Forwarded-For from those peers only.
         os.environ.setdefault("LOOTIFY_TRUSTED_PROXIES", _ingress_networks(address))
+        try:
+            if page.ensure_built():
+                log("the page's assets built (npm ci in web/)")
+        except page.PageBuildError as exc:  # the API does not need the page
+            log(f"the page at / is not built: {exc}")
         log(f"deploying the Serve app on {gateway.http_host}:{port}")
         _deploy(address, port, gateway.http_host)
         _wait_healthy(port)
 
     print()
     print(f"  HTTP       http://127.0.0.1:{port}")
+    print(f"  Odds page  http://127.0.0.1:{port}/")
     print(f"  WebSocket  ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0&token=<jwt>")
     print(f"  API docs   http://127.0.0.1:{port}/docs")
     print(f"  Ray        {address}   (RAY_ADDRESS={address}, namespace "

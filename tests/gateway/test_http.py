@@ -195,7 +195,7 @@ def test_body_size_limit_is_413(api: httpx.Client, new_user) -> None:
 def test_unknown_routes_and_methods(api: httpx.Client) -> None:
     r = api.get("/api/nope")
     assert r.status_code == 404 and error_of(r) == "not_found"
-    r = api.get("/")
+    r = api.get("/nope")  # `/` is the odds page (tests/gateway/test_page.py)
     assert r.status_code == 404 and error_of(r) == "not_found"
     r = api.delete("/api/wallet/balance")
     assert r.status_code == 405 and error_of(r) == "method_not_allowed"
