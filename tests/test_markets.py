@@ -35,6 +35,7 @@ from actors.errors import (
     PayoutTooHigh,
     StakeTooHigh,
     StakeTooLow,
+    Unavailable,
 )
 from actors.markets import BetRecord, CancelBet, MarketKind, PlaceBet, Recover
 from actors.markets.saga import RECOVERY_AGE_S
@@ -1094,3 +1095,24 @@ def test_restarted_market_host_recovers_without_being_called(lootify, aio, run, 
         wake(run, handle)  # for whatever follows
     assert stake == "committed", "the restarted market host did not recover until called"
     assert balance(lootify, user) == (9_000, 9_000, 0)
+
+
+def test_a_market_written_under_its_activation_takes_no_bet(lootify, run, database_url, aio):
+    """A cycle that takes bets is one statement, conditional on the market's version: if
+    another writer moved the version, neither the bet nor the new price is stored, and
+    the market comes back from PostgreSQL for the next bet."""
+    view = new_market(lootify)
+    user = funded(lootify, 10_000)
+    lootify.place_bet(user, view["id"], "home", 1_000, accept_odds="any")
+    sql(run, database_url, "update bets.markets set version = version + 1 where id = $1",
+        view["id"])
+    with pytest.raises(Unavailable, match="StaleActivation"):
+        lootify.place_bet(user, view["id"], "home", 500, accept_odds="any")
+    assert [r["amount"] for r in bet_rows(run, database_url, view["id"]).values()] == [1_000]
+    lootify.place_bet(user, view["id"], "away", 700, accept_odds="any")
+    rows = wait_bookkept(run, database_url, view["id"])
+    assert sorted(r["amount"] for r in rows.values()) == [700, 1_000]
+    # The refused cycle's stake stays reserved until its reservation runs out.
+    assert balance(lootify, user) == (8_300, 7_800, 500)
+    wait_until(lambda: balance(lootify, user) == (8_300, 8_300, 0), timeout=60,
+               what="the stake of the bet that was not stored to come back")

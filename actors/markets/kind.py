@@ -29,7 +29,7 @@ from actors.errors import (
     TicketTaken,
 )
 from actors.pubsub import get_publisher
-from actors.runtime import Cycle, EntityKind, Op, register_kind
+from actors.runtime import Cycle, EntityKind, Fence, Op, register_kind
 
 from . import pricing, queries
 from .events import publish_cycle
@@ -412,8 +412,8 @@ class MarketKind(EntityKind[Market]):
         m.version += 1
         cycle.writes.append(MarketChanged(m, change))
 
-    async def persist(self, conn: asyncpg.Connection, cycle: Cycle) -> None:
-        stored = await store_cycle(conn, cycle.writes, self.host.settings.shards)
+    async def commit(self, conn: asyncpg.Connection, cycle: Cycle, fence: Fence) -> None:
+        stored = await store_cycle(conn, cycle.writes, self.host.settings.shards, fence)
 
         def remember() -> None:
             for m in stored.markets.values():

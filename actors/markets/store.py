@@ -8,7 +8,14 @@ from typing import Any
 
 import asyncpg
 
-from actors.runtime import check_versioned_update, retry_carefully_on_duplicate, shard_of
+from actors.runtime import (
+    Fence,
+    check_versioned_update,
+    commit_checks,
+    hold_epochs,
+    retry_carefully_on_duplicate,
+    shard_of,
+)
 
 from . import pricing
 from .clock import to_datetime, to_epoch
@@ -117,8 +124,11 @@ class Stored:
     settled: list[Bet] = field(default_factory=list)
 
 
-async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) -> Stored:
-    """Write a cycle's changes inside the transaction the host opened."""
+async def store_cycle(
+    conn: asyncpg.Connection, writes: list[Any], shards: int, fence: Fence
+) -> Stored:
+    """Write a cycle's changes, only while `fence` holds: a cycle that takes bets (the
+    common one by far) in one statement, any other in a transaction."""
     stored = Stored()
     markets = stored.markets
     updated: dict[str, Bet] = {}
@@ -141,6 +151,28 @@ async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) 
             settles.append(write)
         elif isinstance(write, BetRefused):
             refused.append(write)
+    stored.settled = [b for s in settles for b in s.accepted] + [
+        b for b in updated.values() if b.status in SETTLED_STATUSES
+    ]
+    if not (updated or settles) and all(m.stored_version >= 0 for m in markets.values()):
+        await _commit_placements(conn, stored, refused, staked, fence)
+        return stored
+    async with conn.transaction():
+        await hold_epochs(conn, fence)
+        await _write_all(conn, stored, refused, staked, updated, settles, shards)
+    return stored
+
+
+async def _write_all(
+    conn: asyncpg.Connection,
+    stored: Stored,
+    refused: list[BetRefused],
+    staked: list[str],
+    updated: dict[str, Bet],
+    settles: list[MarketSettled],
+    shards: int,
+) -> None:
+    markets = stored.markets
     for m in markets.values():
         if m.stored_version < 0:
             await _insert_market(conn, m, shards)
@@ -160,10 +192,92 @@ async def store_cycle(conn: asyncpg.Connection, writes: list[Any], shards: int) 
             "update bets.bets set stake = 'committed' where id = any($1::uuid[])", staked
         )
     await _update_markets(conn, [m for m in markets.values() if m.stored_version >= 0])
-    stored.settled = [b for s in settles for b in s.accepted] + [
-        b for b in updated.values() if b.status in SETTLED_STATUSES
-    ]
-    return stored
+
+
+# A cycle that takes bets: the bets placed, the refusals kept for replays, the stakes
+# recorded committed and the markets repriced (conditional on the version each
+# activation loaded), with the fence, in one statement that is its own transaction.
+_PLACEMENTS = """
+with fence as (
+    select runtime.hold_epochs($1, $2, $3, $4::int[], $5::bigint[]) as held
+), placed as (
+    insert into bets.bets (id, user_id, market_id, selection, amount, odds_x100,
+                           potential_payout, status, payout, stake, payout_state, placed_at,
+                           request_hash)
+    select * from unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::bigint[],
+                         $11::int[], $12::bigint[], $13::text[], $14::bigint[], $15::text[],
+                         $16::text[], $17::timestamptz[], $18::text[])
+), refused as (
+    insert into bets.refused_bets (id, market_id, user_id, request_hash, code, message)
+    select * from unnest($19::uuid[], $20::uuid[], $21::uuid[], $22::text[], $23::text[],
+                         $24::text[])
+), staked as (
+    update bets.bets set stake = 'committed' where id = any($25::uuid[])
+), repriced as (
+    update bets.markets m
+       set status = u.status, pricing = u.pricing, odds = u.odds, winner = u.winner,
+           version = u.version, settled_at = u.settled_at, unstaked = u.unstaked
+      from unnest($26::uuid[], $27::text[], $28::jsonb[], $29::jsonb[], $30::text[],
+                  $31::bigint[], $32::timestamptz[], $33::bigint[], $34::int[])
+           as u(id, status, pricing, odds, winner, version, settled_at, stored_version,
+                unstaked)
+     where m.id = u.id and m.version = u.stored_version
+    returning 1
+)
+select (select held from fence),
+       runtime.expect_rows((select count(*) from repriced), $35, 'market')
+"""
+
+
+async def _commit_placements(
+    conn: asyncpg.Connection,
+    stored: Stored,
+    refused: list[BetRefused],
+    staked: list[str],
+    fence: Fence,
+) -> None:
+    bets, where = stored.new_bets, stored.bet_market
+    stamps = {t: to_datetime(t) for t in {b.placed_at for b in bets}}  # mostly one
+    markets = list(stored.markets.values())
+    with commit_checks(), retry_carefully_on_duplicate(
+        "a bet id was used on another market", constraint="bets_pkey"
+    ), retry_carefully_on_duplicate(
+        "a refused bet's id was used on another market", constraint="refused_bets_pkey"
+    ):
+        await conn.execute(
+            _PLACEMENTS,
+            *fence.args(),
+            [b.id for b in bets],
+            [b.user_id for b in bets],
+            [where[b.id] for b in bets],
+            [b.selection for b in bets],
+            [b.amount for b in bets],
+            [b.odds_x100 for b in bets],
+            [b.potential for b in bets],
+            [b.status for b in bets],
+            [b.payout for b in bets],
+            [b.stake for b in bets],
+            [b.payout_state for b in bets],
+            [stamps[b.placed_at] for b in bets],
+            [b.request_hash for b in bets],
+            [r.bet_id for r in refused],
+            [r.market_id for r in refused],
+            [r.refusal.user_id for r in refused],
+            [r.refusal.request_hash for r in refused],
+            [r.refusal.code for r in refused],
+            [r.refusal.message for r in refused],
+            staked,
+            [m.id for m in markets],
+            [m.status for m in markets],
+            [json.dumps(pricing_json(m)) for m in markets],
+            [json.dumps(m.odds) for m in markets],
+            [m.winner for m in markets],
+            [m.version for m in markets],
+            [to_datetime(m.settled_at) for m in markets],
+            [m.stored_version for m in markets],
+            [len(m.unstaked) for m in markets],
+            len(markets),
+        )
 
 
 async def _insert_market(conn: asyncpg.Connection, m: Market, shards: int) -> None:

@@ -13,6 +13,7 @@ from .commit import (
     StaleActivation,
     check_versioned_update,
     commit_checks,
+    hold_epochs,
     retry_carefully_on_duplicate,
 )
 from .coordinator import Coordinator, Registration, coordinator_handle
@@ -31,6 +32,7 @@ __all__ = [
     "Fence",
     "Fenced",
     "commit_checks",
+    "hold_epochs",
     "Coordinator",
     "Cycle",
     "EntityCrashed",

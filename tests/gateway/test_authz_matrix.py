@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -56,6 +57,16 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/api/markets/{market_id}/void"): "operator",
     ("POST", "/api/events/{event_id}/void"): "operator",
     ("POST", "/api/lotteries/{lottery}/draws"): "operator",
+    ("POST", "/api/payments/webhook"): "public",  # signed by the provider, not a token
+    ("GET", "/api/wallet/deposits/{deposit_id}"): "user",
+    ("GET", "/api/wallet/withdrawals/{withdrawal_id}"): "user",
+    ("GET", "/api/withdrawals"): "operator",
+    ("POST", "/api/withdrawals/{withdrawal_id}/approve"): "operator",
+    ("POST", "/api/series"): "operator",
+    ("GET", "/api/series"): "operator",
+    ("GET", "/api/series/{series_id}"): "operator",
+    ("POST", "/api/series/{series_id}/stop"): "operator",
+    ("POST", "/api/series/{series_id}/rounds/{round_no}/result"): "operator",
     ("POST", "/api/bets"): "user",
     ("GET", "/api/bets"): "user",
     ("GET", "/api/bets/{bet_id}"): "owner",
@@ -114,7 +125,8 @@ def world(api: httpx.Client, new_user) -> World:
     return World(
         tokens={ANONYMOUS: None} | {p: a.token for p, a in accounts.items()},
         ids={"event_id": event_id, "market_id": market_id, "bet_id": r.json()["bet"]["id"],
-             "lottery": "matrix"},
+             "lottery": "matrix", "deposit_id": str(uuid.uuid4()),
+             "withdrawal_id": str(uuid.uuid4()), "series_id": str(uuid.uuid4()), "round_no": "1"},
         user_ids={p: a.id for p, a in accounts.items()},
         player_login={"email": accounts[PLAYER].email, "password": accounts[PLAYER].password},
     )
