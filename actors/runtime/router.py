@@ -108,10 +108,15 @@ class Router:
         return host
 
     def _send_when_free(self, host: int) -> None:
-        """Start calls to `host` while it has waiting messages and a free call."""
+        """Start calls to `host` while it has waiting messages and a free call, or a
+        full batch waiting (waiting longer would not make it bigger)."""
         limit = self.calls_in_flight
         buffer = self.buffers.get(host)
-        while buffer and (limit is None or self.in_flight.get(host, 0) < limit):
+        while buffer and (
+            limit is None
+            or self.in_flight.get(host, 0) < limit
+            or len(buffer) >= self.max_batch
+        ):
             batch, buffer = buffer[: self.max_batch], buffer[self.max_batch :]
             self.buffers[host] = buffer
             self.in_flight[host] = self.in_flight.get(host, 0) + 1
