@@ -2,7 +2,7 @@
 -- time its shard changes hands; a host commits a cycle only while the epochs it holds
 -- for the cycle's shards are still the directory's (checked inside the commit's own
 -- transaction, under `for share`, so a move waits for a commit in flight and a commit
--- after a move is refused).
+-- after a move is refused). Numbered 0008: 0007 is taken on main by other work.
 alter table runtime.shard_directory add column epoch bigint not null default 1;
 
 -- One row per kind: the directory's own epoch (bumped with every move, so a caller can
