@@ -79,19 +79,8 @@ class Bet:
 
     def first_answer(self, market_id: str) -> BetRecord:
         """The bet as it was answered when placed, for a replay of its idempotency key."""
-        return BetRecord(
-            self.id,
-            self.user_id,
-            market_id,
-            self.selection,
-            self.amount,
-            self.odds_x100,
-            self.potential,
-            "accepted",
-            0,
-            self.placed_at,
-            None,
-            replayed=True,
+        return self.record(market_id)._replace(
+            status="accepted", payout=0, settled_at=None, replayed=True
         )
 
     def record(self, market_id: str) -> BetRecord:

@@ -267,15 +267,7 @@ async def _commit_placements(
             [r.refusal.code for r in refused],
             [r.refusal.message for r in refused],
             staked,
-            [m.id for m in markets],
-            [m.status for m in markets],
-            [json.dumps(pricing_json(m)) for m in markets],
-            [json.dumps(m.odds) for m in markets],
-            [m.winner for m in markets],
-            [m.version for m in markets],
-            [to_datetime(m.settled_at) for m in markets],
-            [m.stored_version for m in markets],
-            [len(m.unstaked) for m in markets],
+            *_market_columns(markets),
             len(markets),
         )
 
@@ -411,6 +403,15 @@ async def _update_markets(conn: asyncpg.Connection, markets: list[Market]) -> No
         "as u(id, status, pricing, odds, winner, version, settled_at, stored_version, "
         "unstaked) "
         "where m.id = u.id and m.version = u.stored_version",
+        *_market_columns(markets),
+    )
+    check_versioned_update(status, len(markets), "market")
+
+
+def _market_columns(markets: list[Market]) -> tuple[list[Any], ...]:
+    """A versioned market update's arrays: id, status, pricing, odds, winner, version,
+    settled_at, the version loaded, and the count of unstaked bets."""
+    return (
         [m.id for m in markets],
         [m.status for m in markets],
         [json.dumps(pricing_json(m)) for m in markets],
@@ -421,4 +422,3 @@ async def _update_markets(conn: asyncpg.Connection, markets: list[Market]) -> No
         [m.stored_version for m in markets],
         [len(m.unstaked) for m in markets],
     )
-    check_versioned_update(status, len(markets), "market")
