@@ -9,13 +9,42 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 # [0-9], not \d: the regex engine's \d matches every script's digits ("５.00").
 MONEY = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
 # overround and takeout: a fraction with up to four places (the market checks the range).
 FRACTION = r"^[0-9](\.[0-9]{1,4})?$"
 Money = Field(pattern=MONEY, max_length=15, examples=["50.00"])
+
+
+class Body(BaseModel):
+    """A request body: its text must be storable. PostgreSQL's text and jsonb take no
+    NUL character, and a lone surrogate has no UTF-8 form; either is 422 here instead
+    of a failure wherever the text is stored."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        _check_storable(data)
+        return data
+
+
+def _check_storable(value: Any) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text may not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key)
+            _check_storable(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_storable(item)
 
 
 class ErrorBody(BaseModel):
@@ -30,13 +59,13 @@ class ErrorOut(BaseModel):
 # -- auth ------------------------------------------------------------------------------
 
 
-class RegisterIn(BaseModel):
+class RegisterIn(Body):
     email: str = Field(max_length=320, examples=["ana@example.com"])
     username: str = Field(max_length=64, examples=["ana"])
     password: str = Field(max_length=1024, examples=["correct horse battery"])
 
 
-class LoginIn(BaseModel):
+class LoginIn(Body):
     email: str = Field(max_length=320)
     password: str = Field(max_length=4096)
 
@@ -60,7 +89,7 @@ class MeOut(BaseModel):
 # -- wallet ----------------------------------------------------------------------------
 
 
-class AmountIn(BaseModel):
+class AmountIn(Body):
     amount: str = Money
 
 
@@ -87,19 +116,19 @@ class TransactionsOut(BaseModel):
 # -- events and markets ----------------------------------------------------------------
 
 
-class EventIn(BaseModel):
+class EventIn(Body):
     name: str = Field(min_length=1, max_length=200)
     category: str = Field(min_length=1, max_length=100)
     starts_at: dt.datetime
 
 
-class SelectionIn(BaseModel):
+class SelectionIn(Body):
     key: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
     name: str = Field(min_length=1, max_length=200)
     odds: str | None = Field(default=None, max_length=15, examples=["2.10"])
 
 
-class MarketIn(BaseModel):
+class MarketIn(Body):
     name: str = Field(min_length=1, max_length=200)
     type: Literal["fixed_odds", "pool", "raffle"]
     # Fixed odds and pools: 2 or more. A raffle's selections are its ticket numbers.
@@ -120,7 +149,7 @@ class MarketIn(BaseModel):
     result_grace_s: int | None = Field(default=None, ge=0, le=30 * 86_400)
 
 
-class LotteryDrawIn(BaseModel):
+class LotteryDrawIn(Body):
     draw: str = Field(pattern=r"^[0-9]{4,12}$", examples=["58342"])
     # When the lottery drew it; by default now.
     drawn_at: dt.datetime | None = None
@@ -132,11 +161,11 @@ class LotteryDrawOut(BaseModel):
     drawn_at: str
 
 
-class OddsIn(BaseModel):
+class OddsIn(Body):
     odds: dict[str, str] = Field(min_length=1, max_length=100, examples=[{"home": "2.10"}])
 
 
-class SettleIn(BaseModel):
+class SettleIn(Body):
     """`winner` (a selection's key) or, for a raffle, `draw` (the lottery's number)."""
 
     winner: str | None = Field(default=None, min_length=1, max_length=64)
@@ -194,7 +223,7 @@ class MarketEnvelope(BaseModel):
 # -- bets ------------------------------------------------------------------------------
 
 
-class BetIn(BaseModel):
+class BetIn(Body):
     market_id: str = Field(max_length=64)
     selection: str = Field(min_length=1, max_length=64)
     amount: str = Money
@@ -202,7 +231,7 @@ class BetIn(BaseModel):
     accept_odds: Literal["exact", "higher", "any"] | None = None
 
 
-class CancelIn(BaseModel):
+class CancelIn(Body):
     bet_id: str = Field(max_length=64)
 
 

@@ -7,18 +7,18 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from actors.errors import NotFound
 
 from ..auth import tokens
 from ..deps import Operator, ctx_of
-from ..schemas import ERRORS, SelectionIn
+from ..schemas import ERRORS, Body, SelectionIn
 
 router = APIRouter(responses=ERRORS, tags=["series"])
 
 
-class SeriesIn(BaseModel):
+class SeriesIn(Body):
     event_id: str
     name: str = Field(min_length=1, max_length=200)
     selections: list[SelectionIn] = Field(min_length=2, max_length=50)
@@ -31,7 +31,7 @@ class SeriesIn(BaseModel):
     oracle: str | None = Field(None, description='"sandbox", or none: operators post results')
 
 
-class RoundResultIn(BaseModel):
+class RoundResultIn(Body):
     winner: str = Field(min_length=1, max_length=200)
 
 

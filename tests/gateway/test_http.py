@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -723,3 +724,18 @@ def test_bet_rate_limit_is_per_user(serve_url: str, new_user) -> None:
     r = httpx.post(serve_url + "/api/bets", headers=v.headers, json={
         "market_id": str(uuid.uuid4()), "selection": "a", "amount": "1.00"})
     assert r.status_code == 404
+
+
+def test_text_postgresql_cannot_store_is_422(api: httpx.Client, new_user) -> None:
+    """A NUL character (PostgreSQL's text and jsonb refuse it) or a lone surrogate in
+    any body's text is invalid input, not a failure where the text is stored."""
+    op = new_user("operator")
+    for name in ("A\u0000B", "\ud800"):
+        body = json.dumps({"name": name, "category": "football",
+                           "starts_at": "2030-01-01T18:00:00Z"}).encode()
+        r = api.post("/api/events", content=body,
+                     headers={**op.headers, "Content-Type": "application/json"})
+        assert r.status_code == 422 and error_of(r) == "invalid_input", (name, r.text)
+    r = api.post("/api/bets", json={"market_id": str(uuid.uuid4()), "selection": "h\u0000",
+                                    "amount": "1.00"}, headers=new_user().headers)
+    assert r.status_code == 422 and error_of(r) == "invalid_input", r.text
