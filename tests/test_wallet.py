@@ -1021,3 +1021,32 @@ def test_a_wallet_written_under_its_activation_fails_the_cycle_whole(wallet, sql
     assert op_count(sql, uid) == 1 and stored(sql, uid) == (100, 0)
     assert w.deposit(50, "after") == Balance(150, 150, 0)
     assert op_count(sql, uid) == 2
+
+
+def test_a_stuck_statement_fails_its_cycle_within_the_call_deadline(
+    wallet, aio, run, database_url, settings
+):
+    """A host's statements are bounded by the call deadline: a commit stuck behind a
+    lock fails its cycle (the caller is told to retry, nothing is stored) instead of
+    holding the host's cycles for ever."""
+    uid = new_id()
+    w = wallet(uid)
+    w.deposit(100, "first")
+
+    async def lock_the_wallet() -> asyncpg.Connection:
+        conn = await asyncpg.connect(database_url)
+        await conn.execute("begin")
+        await conn.execute("select 1 from wallets.wallets where user_id = $1 for update", uid)
+        return conn
+
+    holder = run(lock_the_wallet())
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            run(asyncio.wait_for(aio.wallet(uid).deposit(50, "stuck"),
+                                 settings.runtime.call_deadline_s + 10))
+        assert time.monotonic() - started < settings.runtime.call_deadline_s + 5
+    finally:
+        run(holder.execute("rollback"))
+        run(holder.close())
+    assert w.deposit(50, "after") == Balance(150, 150, 0)

@@ -131,7 +131,12 @@ class EntityHost:
         return self._started
 
     async def _start(self) -> None:
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=4)
+        # Every statement of the host is bounded: a stuck one would hold the commit
+        # cycle, and with it every entity here. Past the call deadline its callers have
+        # given up anyway; the cycle fails whole and they retry by reference id.
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s
+        )
         async with self.pool.acquire() as conn, conn.transaction():
             self.incarnation = await take_lease(conn, self.kind_name, self.index)
             self._own(await take_up_shards(conn, self.kind_name, self.index, self.incarnation))
