@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -1027,11 +1029,14 @@ def test_a_stuck_statement_fails_its_cycle_within_the_call_deadline(
     wallet, aio, run, database_url, settings
 ):
     """A host's statements are bounded by the call deadline: a commit stuck behind a
-    lock fails its cycle (the caller is told to retry, nothing is stored) instead of
-    holding the host's cycles for ever."""
+    lock fails its cycle, and the host goes on serving its other wallets while the
+    lock is still held, instead of holding every cycle for ever. The stuck deposit's
+    retry with the same reference id acts once."""
     uid = new_id()
     w = wallet(uid)
     w.deposit(100, "first")
+    beside = id_on_host(aio, aio.routers["wallets"].host_of(uid), exclude={uid})
+    bound = settings.runtime.call_deadline_s + 10
 
     async def lock_the_wallet() -> asyncpg.Connection:
         conn = await asyncpg.connect(database_url)
@@ -1041,12 +1046,32 @@ def test_a_stuck_statement_fails_its_cycle_within_the_call_deadline(
 
     holder = run(lock_the_wallet())
     try:
-        started = time.monotonic()
         with pytest.raises(Unavailable):
-            run(asyncio.wait_for(aio.wallet(uid).deposit(50, "stuck"),
-                                 settings.runtime.call_deadline_s + 10))
-        assert time.monotonic() - started < settings.runtime.call_deadline_s + 5
+            run(asyncio.wait_for(aio.wallet(uid).deposit(50, "stuck"), bound))
+        answer = run(asyncio.wait_for(aio.wallet(beside).deposit(10, "beside"), bound))
+        assert answer == Balance(10, 10, 0)
     finally:
         run(holder.execute("rollback"))
         run(holder.close())
-    assert w.deposit(50, "after") == Balance(150, 150, 0)
+    assert w.deposit(50, "stuck") == Balance(150, 150, 0)
+
+
+def test_a_paused_host_fails_its_calls_within_the_call_deadline(wallet, aio, run, settings):
+    """A host that is alive but answers nothing (here: SIGSTOPped) fails its callers'
+    calls `Unavailable` within the call deadline instead of leaving them waiting; the
+    retry with the same reference id acts once."""
+    uid = new_id()
+    w = wallet(uid)
+    w.deposit(100, "first")
+    router = aio.routers["wallets"]
+    pid = ray.get(router.handles[router.host_of(uid)].pid.remote(), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="did not answer in time"):
+            run(asyncio.wait_for(aio.wallet(uid).deposit(50, "paused"),
+                                 settings.runtime.call_deadline_s + 10))
+        assert time.monotonic() - started < settings.runtime.call_deadline_s + 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert w.deposit(50, "paused") == Balance(150, 150, 0)

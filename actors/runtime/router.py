@@ -146,8 +146,16 @@ class Router:
         args = (payload, request_ids) if request_ids else (payload,)
         while True:
             try:
-                outcomes = decode_outcomes(await self.handles[host].call.remote(*args))
+                # Bounded: a host that is alive but stuck (paused, or its commit hung)
+                # raises nothing. The messages may still take effect there; each is
+                # idempotent by its reference id, so the caller's retry is safe.
+                answer = self.handles[host].call.remote(*args)
+                remaining = max(0.0, deadline - time.monotonic())
+                outcomes = decode_outcomes(await asyncio.wait_for(answer, remaining))
                 break
+            except TimeoutError:
+                _fail(batch, Unavailable(f"{self.kind} host {host} did not answer in time"))
+                return
             except ACTOR_DOWN:
                 if await self._rerouted(host, batch):
                     return
