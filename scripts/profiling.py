@@ -172,6 +172,7 @@ class Profiler:
         return self.results
 
     def _run(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         for name, pid in self.pids.items():
             path = self.out_dir / f"prof-{name}.txt"
             before, t0 = _threads(pid), time.perf_counter()

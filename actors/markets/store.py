@@ -182,6 +182,13 @@ async def _write_all(
     if refused:
         with retry_carefully_on_duplicate("a refused bet's id was used on another market"):
             await _insert_refusals(conn, refused)
+    if stored.new_bets or refused:
+        with retry_carefully_on_duplicate("a bet id was used on another market"):
+            await conn.execute(
+                "select bets.expect_unused_bet_ids($1::uuid[], $2::uuid[])",
+                [b.id for b in stored.new_bets],
+                [r.bet_id for r in refused],
+            )
     for settle in settles:
         await _settle_bets(conn, markets[settle.market_id], settle)
     if updated:
@@ -225,7 +232,8 @@ with fence as (
     returning 1
 )
 select (select held from fence),
-       runtime.expect_rows((select count(*) from repriced), $35, 'market')
+       runtime.expect_rows((select count(*) from repriced), $35, 'market'),
+       bets.expect_unused_bet_ids($6::uuid[], $19::uuid[])
 """
 
 

@@ -645,6 +645,36 @@ def test_a_refused_keyed_bet_is_refused_again_on_replay(api: httpx.Client, new_u
     assert _balance(api, p) == "46.00"
 
 
+def test_one_key_is_one_bet_across_markets(api: httpx.Client, new_user) -> None:
+    """A key refused on one market places nothing on another, and a key placed on one
+    is not refused as new on another: both answer idempotency_conflict. Both markets
+    are active (a bet on each first), so only the commit can tell."""
+    op = new_user("operator")
+    event_id = _event(api, op)["id"]
+    a, b = (_market(api, op, event_id)["id"] for _ in range(2))
+    p = _funded(api, new_user, "5.00")
+    for mid in (a, b):
+        r = api.post("/api/bets", json={"market_id": mid, "selection": "home",
+                                        "amount": "1.00"}, headers=p.headers)
+        assert r.status_code == 201, r.text
+    refused = {**p.headers, "Idempotency-Key": "refused-on-a"}
+    r = api.post("/api/bets", json={"market_id": a, "selection": "home", "amount": "9.00"},
+                 headers=refused)
+    assert r.status_code == 409 and error_of(r) == "insufficient_funds", r.text
+    r = api.post("/api/bets", json={"market_id": b, "selection": "home", "amount": "1.00"},
+                 headers=refused)
+    assert r.status_code == 409 and error_of(r) == "idempotency_conflict", r.text
+    placed = {**p.headers, "Idempotency-Key": "placed-on-a"}
+    r = api.post("/api/bets", json={"market_id": a, "selection": "home", "amount": "1.00"},
+                 headers=placed)
+    assert r.status_code == 201, r.text
+    r = api.post("/api/bets", json={"market_id": b, "selection": "home", "amount": "9.00"},
+                 headers=placed)
+    assert r.status_code == 409 and error_of(r) == "idempotency_conflict", r.text
+    assert _balance(api, p) == "2.00"
+    assert len(api.get("/api/bets", headers=p.headers).json()["bets"]) == 3
+
+
 def test_twenty_concurrent_identical_keyed_bets_place_one(serve_url: str, api: httpx.Client,
                                                            new_user) -> None:
     op = new_user("operator")
