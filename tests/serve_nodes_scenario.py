@@ -9,7 +9,8 @@ one worker; then a second worker joins:
 * a replica starts on it and its proxy answers HTTP on its own port;
 * a WebSocket on the new node's replica hears the bet placed over HTTP on the first
   worker's replica (its `bet_placed` and the `odds_updated` it causes), and the new
-  replica's odds cache (`GET /api/events`) shows the new odds.
+  replica's odds cache (`GET /api/events`) shows the new odds;
+* the new node is killed: the survivors keep a replica each, answering.
 
 Every node of a real cluster has its own address and the same port. Here the nodes
 share one machine, so each worker's HAProxy gets ports of its own through Serve's
@@ -194,6 +195,24 @@ def run_scenario(cluster: Cluster, ports: dict[str, int], head_port: int,
     a = wait_for(lambda: direct_port(found[first]), 30, "replica A's port")
     b = wait_for(lambda: direct_port(found[joined.node_id]), 30, "replica B's port")
     findings.update(cross_node(a, b, event["id"], market["id"]))
+
+    # The node dies: its replica goes with it, the survivors keep theirs (the same
+    # processes: no replica restarted) and Serve's target follows the nodes down.
+    survivors = {node: pid for node, pid in found.items() if node != joined.node_id}
+    started = time.monotonic()
+    cluster.remove_node(joined, allow_graceful=False)
+    del ports[joined.node_id]
+
+    def settled() -> bool:
+        gateway = serve.status().applications["lootify"].deployments["gateway"]
+        states = {getattr(k, "value", k): n for k, n in gateway.replica_states.items()}
+        return (states == {"RUNNING": len(survivors)} and replicas(cluster.address) == survivors
+                and bool(every_node_served(cluster, ports)))
+
+    wait_for(settled, 120, "a replica on each survivor, and no other")
+    findings["kill_to_settled_s"] = time.monotonic() - started
+    findings["nodes_after_kill"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    findings["replica_nodes_after_kill"] = sorted(survivors)
     return findings
 
 

@@ -92,6 +92,9 @@ def test_a_replica_on_every_node_and_pubsub_across_them(pg_dsn):
         assert findings["odds_before"] == {"home": None, "away": None}
         assert findings["odds_pushed"] == findings["odds_cached_b"] == {
             "home": "2.70", "away": "1.35"}
+        # The new node killed: the two survivors keep their replicas, not restarted.
+        assert len(findings["nodes_after_kill"]) == 2
+        assert findings["replica_nodes_after_kill"] == findings["nodes_after_kill"]
         print(json.dumps({k: v for k, v in findings.items() if k.endswith("_s")}))
     finally:
         asyncio.run(drop_database(pg_dsn, "lootify_serve_nodes"))
