@@ -36,6 +36,7 @@ browser:
 bench: venv
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_http.py
+	$(PY) scripts/bench_scale.py
 
 # ruff, mypy, and the import contracts in pyproject.toml (layers, no cycles).
 lint: venv

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import serve
 
+from gateway import every_node
 from gateway.app import create_app
 from gateway.context import Context
 from gateway.settings import GatewaySettings, forwarded_env
@@ -53,7 +54,8 @@ class Gateway:
 
 def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any:
     """The bound application. `env`: extra environment for the replicas (tests pass
-    the database, namespace and secrets of their own cluster)."""
+    the database, namespace and secrets of their own cluster). `replicas`: replicas on
+    each node (`LOOTIFY_REPLICAS`), kept as nodes come and go (`gateway.every_node`)."""
     settings = GatewaySettings.from_env()
     options: dict[str, Any] = {"num_cpus": 0, "runtime_env": {"env_vars": {
         # uvicorn (Serve's HTTP server) would otherwise take the client address from
@@ -62,8 +64,11 @@ def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any
         UVICORN_TRUSTED_PROXIES: "",
         **(env or {}),
     }}}
+    per_node = replicas if replicas is not None else settings.replicas
     return Gateway.options(  # type: ignore[attr-defined]  # serve.deployment made it one
-        num_replicas=replicas if replicas is not None else settings.replicas,
+        num_replicas=None,
+        autoscaling_config=every_node.autoscaling_config(per_node),
+        max_replicas_per_node=per_node,
         # A WebSocket is an ongoing request for its whole life: the default (5) would cap
         # a replica at five sockets.
         max_ongoing_requests=settings.max_ongoing_requests,
@@ -75,6 +80,7 @@ def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any
 
 def deploy(port: int, host: str = "127.0.0.1") -> None:
     """Start Serve on `host`:`port` (`LOOTIFY_HTTP_HOST`) and deploy the app (call
-    inside ray.init)."""
-    serve.start(http_options={"host": host, "port": port})
+    inside ray.init). A proxy runs on every node that holds a replica, and every node
+    holds one (`gateway.every_node`): a load balancer can target any node."""
+    serve.start(proxy_location="EveryNode", http_options={"host": host, "port": port})
     serve.run(build(forwarded_env()), name="lootify", route_prefix="/", blocking=False)

@@ -273,6 +273,7 @@ def bench(
     extra = ("--quick",) if quick else ()
     _script("bench.py", *extra)
     _script("bench_http.py", *extra)
+    _script("bench_scale.py", *extra)
 
 
 raffles = typer.Typer(help="Create or settle a raffle (a market whose tickets are numbers).")

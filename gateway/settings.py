@@ -145,7 +145,7 @@ class GatewaySettings:
     ws_queue_max: int = 1000
     # The deployment
     max_ongoing_requests: int = 10_000
-    replicas: int = 1
+    replicas: int = 1  # on each node of the cluster (`gateway.every_node`)
     http_port: int = 8000
     # Serve's log line per request in each replica: the ingress (HAProxy) logs every
     # request already, and the replica's line cost ~4% of its CPU per bet.

@@ -8,7 +8,9 @@ starts the hosts, and moves shards between them:
   cycle in flight commit and the money it is moving settle, passivates their
   entities (`EntityHost.release`); then the directory gives the shards to the new
   host with their epochs bumped, the new host takes them up (`adopt`), and only then
-  do callers asking where they are (`placement`) learn the new owner;
+  do callers asking where they are (`placement`) learn the new owner. Shards are
+  released only to a host that has started, so callers wait for a hand-off, never
+  for a new host's process to start;
 * an owner that does not let go within the hand-off time-out (paused, partitioned,
   on a dead node) is moved from anyway: fencing (`commit.hold_epochs`)
   refuses whatever it still tries to commit;
@@ -259,6 +261,9 @@ class Coordinator:
             if not moves:
                 self._retire(placed)
                 return
+            if not await self._started(placed, {target for _, _, target in moves}):
+                await asyncio.sleep(s.watch_interval_s)
+                continue
             try:
                 async with placed.moving:
                     await asyncio.gather(
@@ -270,6 +275,20 @@ class Coordinator:
             except Exception:  # e.g. PostgreSQL away: try again a little later
                 log.exception("a rebalance round failed")
                 await asyncio.sleep(s.watch_interval_s)
+
+    async def _started(self, placed: _Placed, hosts: set[int]) -> bool:
+        """Whether `hosts` have started (their lease taken). Shards are released only
+        to a host that takes them up at once: their callers then wait for a hand-off,
+        not for a new process to start (seconds, on a node that just joined)."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(placed.handles[i].shards.remote() for i in hosts)),
+                self.settings.call_deadline_s,
+            )
+            return True
+        except (TimeoutError, *ACTOR_DOWN):
+            log.warning("%s hosts %s not started yet", placed.registration.kind.name, hosts)
+            return False
 
     async def _hand_off(self, placed: _Placed, source: int, targets: dict[int, list[int]]) -> None:
         s, name = self.settings, placed.registration.kind.name
