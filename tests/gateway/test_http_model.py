@@ -361,11 +361,16 @@ def test_http_surface_follows_the_model(api: httpx.Client, new_user) -> None:
 
         def _bet(self, user, market, anywhere, selection, amount, policy, oddity, bad,
                  key_mode, pick):
-            """Mostly on an open market; one time in five on any market."""
+            """Mostly on an open market; one time in five on any market; a used key with
+            another body half the time to the market of its first bet."""
             u = self.users[user % len(self.users)]
+            path = "/api/bets"
+            key, first = self._key(u, key_mode, pick, path)
             open_ = [m for m in self.markets if m.status == "open"]
             choices = open_ if open_ and anywhere else self.markets
             m = choices[market % len(choices)]
+            if key_mode == "other_body" and first is not None and pick % 2:
+                m = next(x for x in self.markets if x.id == first.body["market_id"])
             key_name = m.keys[selection % len(m.keys)] if selection < 12 else "nope"
             requested, accept = model.requested_odds(policy, m.odds().get(key_name))
             body: dict[str, Any] = {"market_id": m.id, "selection": key_name,
@@ -378,9 +383,8 @@ def test_http_surface_follows_the_model(api: httpx.Client, new_user) -> None:
                 body |= {"odds": BAD_ODDS[bad % len(BAD_ODDS)], "accept_odds": "exact"}
             elif oddity == "unknown_market":
                 body["market_id"] = str(uuid.uuid4())
-                key_mode = "none" if key_mode not in ("none", "fresh") else key_mode
-            path = "/api/bets"
-            key, first = self._key(u, key_mode, pick, path)
+                if first is not None:  # an unknown market answers 404, whatever the key
+                    key, first = f"k-{uuid.uuid4().hex[:16]}", None
             if key_mode == "replay" and first is not None:
                 body, oddity = first.body, "none"
             if self._signed_out(u, "POST", path, json=body):
@@ -654,3 +658,37 @@ def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str
     balance = api.get("/api/wallet/balance", headers=u.headers).json()["balance"]
     assert (r.status_code, error_of(r), balance) == (409, "idempotency_conflict",
                                                      "45.00" if first == "bet" else "57.00")
+
+
+@pytest.mark.parametrize("first", ["refused", "placed"])
+def test_a_bet_key_is_one_request_on_every_market(api: httpx.Client, new_user,
+                                                  first: str) -> None:
+    """A key first refused on one market (funds short) and then sent with another body
+    to a second market, or first placed and then sent to a second market with a body
+    that market refuses: 409 idempotency_conflict, and nothing moved or held (the
+    second market's reservation is released, not left to its time-out).
+    test_http.py::test_one_key_is_one_bet_across_markets looks at the balance only."""
+    op = new_user("operator")
+    r = api.post("/api/events", json={"name": "Key FC", "category": "football",
+                                      "starts_at": "2030-06-01T20:00:00Z"}, headers=op.headers)
+    event = r.json()["event"]["id"]
+    markets = []
+    for _ in range(2):
+        r = api.post(f"/api/events/{event}/markets", headers=op.headers, json={
+            "name": "Winner", "type": "fixed_odds", "selections": model.selections("fixed_odds"),
+            "min_stake": "1.00"})
+        markets.append(r.json()["market"]["id"])
+    u = new_user()
+    assert api.post("/api/wallet/deposit", json={"amount": "50.00"},
+                    headers=u.headers).status_code == 200
+    keyed = {**u.headers, "Idempotency-Key": "one-bet"}
+    amounts = ("60.00", "5.00") if first == "refused" else ("5.00", "0.50")
+    r = api.post("/api/bets", json={"market_id": markets[0], "selection": "home",
+                                    "amount": amounts[0]}, headers=keyed)
+    assert r.status_code == (409 if first == "refused" else 201), r.text
+    r = api.post("/api/bets", json={"market_id": markets[1], "selection": "home",
+                                    "amount": amounts[1]}, headers=keyed)
+    assert (r.status_code, error_of(r)) == (409, "idempotency_conflict"), r.text
+    left = "50.00" if first == "refused" else "45.00"
+    assert api.get("/api/wallet/balance", headers=u.headers).json() == {
+        "balance": left, "available": left, "reserved": "0.00", "currency": "BRL"}
