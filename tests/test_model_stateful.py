@@ -7,14 +7,11 @@ and reserved, and each market's status and odds, are those of the model; at the 
 of each example every bet (status, price, payout), the pools, and each market's
 account in the ledger match it too.
 
-The fixed-odds model reuses `pricing.FixedOddsModel` (its own properties are tested
-in test_pricing_properties.py): here it checks that the market entity feeds it the
-right liabilities through bets, cancellations, voids and odds set by hand. Pool odds
-and payouts are computed here from the contract's formula, exactly.
-
-Transitions the contract and the code read differently (closing a suspended market;
-the error for acting on a settled market) are pinned in test_markets.py
-(test_transition); here they are not generated, or either answer is accepted.
+The model (tests/betting_model.py, shared with gateway/test_http_model.py) reuses
+`pricing.FixedOddsModel`: here it checks that the market entity feeds it the right
+liabilities through bets, cancellations, voids and odds set by hand. Pool odds and
+payouts are computed there from the contract's formula, exactly. Transitions follow
+the contract as test_markets.py (test_transition) pins them.
 """
 
 from __future__ import annotations
@@ -23,10 +20,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from fractions import Fraction
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -39,59 +33,23 @@ from hypothesis.stateful import (
 )
 
 from actors.errors import LootifyError
-from actors.markets import pricing
+from tests import betting_model as model
+from tests.betting_model import (
+    MAX_PAYOUT,
+    MAX_STAKE,
+    MIN_STAKE,
+    POLICIES,
+    TAKEOUT,
+    BetModel,
+    MarketModel,
+    as_x100,
+)
 
 USERS = 3
 MAX_MARKETS = 6
 INITIAL_DEPOSIT = 20_000
-MIN_STAKE, MAX_STAKE, MAX_PAYOUT = 100, 20_000, 60_000
-FIXED_ODDS = {"home": 210, "draw": 330, "away": 360}
-POOL_KEYS = ("a", "b", "c")
-TAKEOUT, TAKEOUT_BP = "0.1425", 1425
-POLICIES = ("omit", "exact", "exact_stale", "higher_below", "higher_above", "any")
 
 stakes = st.one_of(st.integers(MIN_STAKE, 3_000), st.integers(50, 40_000))
-
-
-@dataclass
-class BetModel:
-    id: str
-    user: str
-    market: str
-    selection: str
-    amount: int
-    odds_x100: int | None
-    potential: int | None
-    status: str = "accepted"
-    payout: int = 0
-
-
-@dataclass
-class MarketModel:
-    id: str
-    type: str
-    keys: tuple[str, ...]
-    status: str = "open"
-    model: pricing.FixedOddsModel | None = None
-    exposure: dict[str, int] = field(default_factory=dict)  # liability or pool
-    bets: list[str] = field(default_factory=list)
-
-    def odds(self) -> dict[str, int | None]:
-        if self.type == "fixed_odds":
-            assert self.model is not None
-            return self.model.price(self.exposure)
-        net = Fraction(sum(self.exposure.values()) * (10_000 - TAKEOUT_BP), 10_000)
-        return {
-            k: (max(pricing.MIN_ODDS, min(pricing.MAX_ODDS, int(net * 100 / s))) if s else None)
-            for k, s in self.exposure.items()
-        }
-
-    def exposure_of(self, bet: BetModel) -> int:
-        return bet.amount if self.type == "pool" else bet.potential or 0
-
-
-def _as_x100(odds: Decimal | None) -> int | None:
-    return None if odds is None else int(odds * 100)
 
 
 def test_markets_follow_the_model(lootify, aio, run, sql):
@@ -117,53 +75,25 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
         # -- helpers ---------------------------------------------------------
 
         def _open_market(self, type: str) -> None:
-            if type == "fixed_odds":
-                sels = [
-                    {"key": k, "name": k, "odds": str(Decimal(o) / 100)}
-                    for k, o in FIXED_ODDS.items()
-                ]
-                view = lootify.create_market(
-                    self.event,
-                    "Winner",
-                    type,
-                    sels,
-                    min_stake=MIN_STAKE,
-                    max_stake=MAX_STAKE,
-                    max_payout=MAX_PAYOUT,
-                )
-                m = MarketModel(
-                    view["id"],
-                    type,
-                    tuple(FIXED_ODDS),
-                    model=pricing.FixedOddsModel.from_odds(dict(FIXED_ODDS)),
-                )
-            else:
-                sels = [{"key": k, "name": k} for k in POOL_KEYS]
-                view = lootify.create_market(
-                    self.event,
-                    "Pool",
-                    type,
-                    sels,
-                    takeout=TAKEOUT,
-                    min_stake=MIN_STAKE,
-                    max_stake=MAX_STAKE,
-                    max_payout=MAX_PAYOUT,
-                )
-                m = MarketModel(view["id"], type, POOL_KEYS)
-            m.exposure = dict.fromkeys(m.keys, 0)
+            view = lootify.create_market(
+                self.event,
+                "Winner" if type == "fixed_odds" else "Pool",
+                type,
+                model.selections(type),
+                takeout=TAKEOUT if type == "pool" else None,
+                min_stake=MIN_STAKE,
+                max_stake=MAX_STAKE,
+                max_payout=MAX_PAYOUT,
+            )
             assert view["status"] == "open"
-            self.markets.append(m)
+            self.markets.append(MarketModel.new(view["id"], type))
 
         def _market(self, index: int) -> MarketModel:
             return self.markets[index % len(self.markets)]
 
-        def _refund(self, m: MarketModel, status: str) -> None:
-            for bet_id in m.bets:
-                bet = self.bets[bet_id]
-                if bet.status == "accepted":
-                    m.exposure[bet.selection] -= m.exposure_of(bet)
-                    bet.status, bet.payout = status, bet.amount
-                    self.available[bet.user] += bet.amount
+        def _credit(self, credits: list[tuple[str, int]]) -> None:
+            for user, amount in credits:
+                self.available[user] += amount
 
         @staticmethod
         def _attempt(call):
@@ -208,37 +138,10 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
             m, u = choices[market % len(choices)], self.users[user]
             key = m.keys[selection % len(m.keys)] if selection < 12 else "nope"
             current = m.odds().get(key)
-            requested, accept = None, None
-            if policy != "omit":
-                base = current or 200
-                requested, accept = {
-                    "exact": (base, "exact"),
-                    "exact_stale": (base + 5, "exact"),
-                    "higher_below": (max(101, base - 5), "higher"),
-                    "higher_above": (base + 5, "higher"),
-                    "any": (base + 50, "any"),
-                }[policy]
-            reasons = set()
-            if m.status != "open":
-                reasons.add("market_not_open")
-            if key not in m.keys:
-                reasons.add("invalid_input")
-            if amount < MIN_STAKE:
-                reasons.add("stake_too_low")
-            if amount > MAX_STAKE:
-                reasons.add("stake_too_high")
-            if m.type == "fixed_odds" and key in m.keys:
-                if requested is not None and (
-                    (accept == "exact" and requested != current)
-                    or (accept == "higher" and current < requested)
-                ):
-                    reasons.add("odds_changed")
-                if pricing.fixed_payout(amount, current) > MAX_PAYOUT:
-                    reasons.add("payout_too_high")
-            if amount > self.available[u]:
-                reasons.add("insufficient_funds")
+            requested, accept = model.requested_odds(policy, current)
+            reasons = model.refusal_reasons(m, key, amount, requested, accept, self.available[u])
             bet_id = str(uuid.uuid4())
-            odds_text = None if requested is None else str(Decimal(requested) / 100)
+            odds_text = model.odds_text(requested)
             bet, err = self._attempt(
                 lambda: lootify.place_bet(
                     u, m.id, key, amount, odds=odds_text, accept_odds=accept, bet_id=bet_id
@@ -251,13 +154,10 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
             seen[f"bet accepted: {m.type} {policy}"] += 1
             assert err is None, (err, m.status, key, amount, policy, current)
             assert bet["status"] == "accepted" and bet["amount"] == amount
-            assert _as_x100(bet["odds"]) == current
-            potential = None if m.type == "pool" else pricing.fixed_payout(amount, current)
-            assert bet["potential_payout"] == potential
-            model = BetModel(bet_id, u, m.id, key, amount, current, potential)
-            self.bets[bet_id] = model
-            m.bets.append(bet_id)
-            m.exposure[key] += m.exposure_of(model)
+            assert as_x100(bet["odds"]) == current
+            placed = model.accept(m, bet_id, u, key, amount)
+            assert bet["potential_payout"] == placed.potential
+            self.bets[bet_id] = placed
             self.available[u] -= amount
 
         @precondition(lambda self: self.bets)
@@ -279,9 +179,7 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
                 assert err is None, err
                 assert got["status"] == "cancelled"
                 seen["bet cancelled"] += 1
-                m.exposure[bet.selection] -= m.exposure_of(bet)
-                bet.status, bet.payout = "cancelled", bet.amount
-                self.available[bet.user] += bet.amount
+                self._credit(model.cancel(m, bet))
 
         @rule(market=st.integers(0, 100))
         def close(self, market):
@@ -298,29 +196,16 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
             self._transition(self._market(market), action)
 
         def _transition(self, m: MarketModel, action: str) -> None:
-            if (m.status, action) == ("suspended", "close"):
-                return  # contested: see test_markets.py::test_transition
-            allowed = {
-                ("open", "suspend"): "suspended",
-                ("suspended", "reopen"): "open",
-                ("open", "close"): "closed",
-                ("open", "void"): "void",
-                ("suspended", "void"): "void",
-                ("closed", "void"): "void",
-            }
-            target = allowed.get((m.status, action))
+            target, code = model.transition(m, action)
             got, err = self._attempt(lambda: getattr(lootify.market(m.id), action)())
             if target is None:
-                codes = {"invalid_transition"} | (
-                    {"already_settled"} if m.status == "settled" else set()
-                )
-                assert err is not None and err.code in codes, (m.status, action, got, err)
+                assert err is not None and err.code == code, (m.status, action, got, err)
                 return
             assert err is None, (m.status, action, err)
             assert got["status"] == target
             m.status = target
             if target == "void":
-                self._refund(m, "void")
+                self._credit(model.refund(m, self.bets, "void"))
 
         @rule(market=st.integers(0, 100), anywhere=st.integers(0, 4), winner=st.integers(0, 2))
         def settle(self, market, anywhere, winner):
@@ -330,32 +215,17 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
             m = choices[market % len(choices)]
             key = m.keys[winner]
             got, err = self._attempt(lambda: lootify.market(m.id).settle(key))
-            if m.status != "closed":
-                code = "already_settled" if m.status == "settled" else "invalid_transition"
+            code = model.settle_refusal(m, key)
+            if code is not None:
                 assert err is not None and err.code == code, (m.status, got, err)
                 return
             assert err is None, err
-            accepted = [self.bets[b] for b in m.bets if self.bets[b].status == "accepted"]
-            pool = sum(b.amount for b in accepted)
-            winning = sum(b.amount for b in accepted if b.selection == key)
+            accepted = [b for b in m.bets if self.bets[b].status == "accepted"]
             seen[f"settled {m.type}, {len(accepted)} bets"] += 1
-            if m.type == "pool" and winning == 0:
-                assert got["status"] == "void"  # nobody to pay: stakes back
-                m.status = "void"
-                self._refund(m, "void")
-                return
-            assert got["status"] == "settled" and got["winner"] == key
-            m.status = "settled"
-            net = Fraction(pool * (10_000 - TAKEOUT_BP), 10_000)
-            for bet in accepted:
-                if bet.selection != key:
-                    bet.status = "lost"
-                    continue
-                bet.status = "won"
-                bet.payout = (
-                    int(Fraction(bet.amount) * net / winning) if m.type == "pool" else bet.potential
-                )
-                self.available[bet.user] += bet.payout
+            self._credit(model.settle(m, self.bets, key))
+            assert got["status"] == m.status  # void: a pool nobody backed the winner of
+            if m.status == "settled":
+                assert got["winner"] == key
 
         @rule(
             market=st.integers(0, MAX_MARKETS - 1),
@@ -366,15 +236,14 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
             m = self._market(market)
             key = m.keys[selection]
             got, err = self._attempt(
-                lambda: lootify.market(m.id).set_odds({key: str(Decimal(odds) / 100)})
+                lambda: lootify.market(m.id).set_odds({key: model.odds_text(odds)})
             )
-            if m.type == "pool" or m.status in ("settled", "void"):
-                assert err is not None and err.code == "invalid_transition", (got, err)
+            code = model.set_odds_refusal(m)
+            if code is not None:
+                assert err is not None and err.code == code, (got, err)
                 return
             assert err is None, err
-            shown = {**m.odds(), key: odds}
-            m.model = pricing.FixedOddsModel.from_odds(shown, liability=dict(m.exposure))
-            assert m.odds() == shown
+            model.set_odds(m, key, odds)
 
         @precondition(lambda self: len(self.markets) < MAX_MARKETS)
         @rule(type=st.sampled_from(["fixed_odds", "pool"]))
@@ -396,7 +265,7 @@ def test_markets_follow_the_model(lootify, aio, run, sql):
                 assert tuple(b) == (self.available[u], self.available[u], 0), u
             for m, view in zip(self.markets, got[USERS:], strict=True):
                 assert view["status"] == m.status, m.id
-                shown = {s["key"]: _as_x100(s["odds"]) for s in view["selections"]}
+                shown = {s["key"]: as_x100(s["odds"]) for s in view["selections"]}
                 assert shown == m.odds(), (m.type, m.status, m.exposure)
 
         def teardown(self):

@@ -111,7 +111,7 @@ class MarketKind(EntityKind[Market]):
         super().__init__(host, settings)
         self.saga = BetSaga(host, self.settings)
         # In a careful cycle: the cycle's bet ids stored already (see `prepare`).
-        self.stored_bets: dict[str, tuple[str, str]] = {}
+        self.stored_bets: dict[str, tuple[str, str, bool]] = {}
         # The cycle's clock: the bets a cycle takes share their time of placing.
         self.now = time.time()
         # Keyed bets admitted and not yet answered: bet id -> request hash.
@@ -215,8 +215,9 @@ class MarketKind(EntityKind[Market]):
         elsewhere = self.stored_bets.get(msg.bet_id)
         if elsewhere is not None:
             # The reservation is this message's own unless the stored bet is the same
-            # user's: then it is that bet's.
-            if op.prepared == "reserved" and elsewhere[1] != msg.user_id:
+            # user's placed bet: then it is that bet's (a refusal holds none).
+            _, owner, placed = elsewhere
+            if op.prepared == "reserved" and not (placed and owner == msg.user_id):
                 cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
             raise IdempotencyConflict(f"bet {msg.bet_id} exists on another market")
         try:

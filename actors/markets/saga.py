@@ -107,7 +107,7 @@ class BetSaga:
                 known = await stored_bets(conn, cold)
         if known:
             for op in to_reserve:
-                market_id, _ = known.get(op.message.bet_id, (None, None))
+                market_id = known[op.message.bet_id][0] if op.message.bet_id in known else None
                 if market_id == op.entity_id:
                     op.prepared = "known"  # a replay: the cycle answers the bet as it is
                 elif market_id is not None:

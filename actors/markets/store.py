@@ -99,17 +99,19 @@ async def load_markets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, Ma
     return markets
 
 
-async def stored_bets(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[str, str]]:
-    """bet id -> (market id, user id) of those of `ids` that are stored, placed or
-    refused."""
+async def stored_bets(
+    conn: asyncpg.Connection, ids: list[str]
+) -> dict[str, tuple[str, str, bool]]:
+    """bet id -> (market id, user id, placed) of those of `ids` that are stored,
+    placed (True) or refused (False)."""
     rows = await conn.fetch(
-        "select id::text, market_id::text, user_id::text from bets.bets "
+        "select id::text, market_id::text, user_id::text, true as placed from bets.bets "
         "where id = any($1::uuid[]) union all "
-        "select id::text, market_id::text, user_id::text from bets.refused_bets "
+        "select id::text, market_id::text, user_id::text, false from bets.refused_bets "
         "where id = any($1::uuid[])",
         ids,
     )
-    return {r["id"]: (r["market_id"], r["user_id"]) for r in rows}
+    return {r["id"]: (r["market_id"], r["user_id"], r["placed"]) for r in rows}
 
 
 @dataclass
