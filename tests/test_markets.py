@@ -635,7 +635,12 @@ def test_a_keyed_bets_outcome_outlives_its_activation(lootify, run, aio):
         return await asyncio.gather(
             *(h.passivate_all.remote() for h in aio.routers["markets"].handles))
 
-    assert sum(run(passivate_markets())) >= 1
+    def passivated() -> bool:
+        # A market moving a bet's money (its record of the stake still to commit) is
+        # not passivated yet.
+        return sum(run(passivate_markets())) >= 1
+
+    wait_until(passivated, what="the market passivated")
     lootify.wallet(user).deposit(10_000, reference_id="dep-1")
     assert place(placed_id, 500, "h-placed") == {**bet, "replayed": True}
     with pytest.raises(InsufficientFunds):
@@ -643,7 +648,7 @@ def test_a_keyed_bets_outcome_outlives_its_activation(lootify, run, aio):
     for bet_id in (placed_id, refused_id):
         with pytest.raises(IdempotencyConflict):
             place(bet_id, 500, "h-other")
-    assert sum(run(passivate_markets())) >= 1
+    wait_until(passivated, what="the market passivated again")
     with pytest.raises(InsufficientFunds):  # the market not activated yet, this time
         place(refused_id, 5_000, "h-refused")
     assert balance(lootify, user) == (10_500, 10_500, 0)
