@@ -4,8 +4,9 @@ Every request goes through `Api.request`, which classifies its answer: acknowled
 (2xx), a clear error (4xx, or 503, with `{"error": {"code"}}`: counted by code), or a
 finding (a 5xx other than 503, an answer without an error code, no answer within
 `HANG_S`, or a connection cut). A request carrying an Idempotency-Key is retried with
-the same key while it meets 503s or cut connections (`RETRY_FOR_S`): the retry learns
-the first attempt's outcome, so what was acknowledged is known exactly.
+the same key while it meets 503s, cut connections or `idempotency_in_progress`
+(`RETRY_FOR_S`): the retry learns the first attempt's outcome, so what was
+acknowledged is known exactly.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ class Api:
         pause = 0.25
         while True:
             outcome, seen = await self.once(method, path, token=token, key=key, body=body)
-            again = outcome.status == 503 or (seen or "").startswith("cut:")
+            # 409 idempotency_in_progress: an earlier attempt with this key still runs.
+            again = (outcome.status == 503 or (seen or "").startswith("cut:")
+                     or outcome.code == "idempotency_in_progress")
             if not (retry and again and time.monotonic() + pause < until):
                 break
             self.tally.retries[kind] += 1

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -42,6 +42,7 @@ class Fault:
     kind: str
     at_s: float  # since the load started
     detail: str
+    clock: str = field(default_factory=lambda: time.strftime("%H:%M:%S"))  # to match logs
     outage_s: float = 0.0
     recovery_s: float | None = None  # None: not serving again within RECOVERY_LIMIT_S
 

@@ -316,7 +316,7 @@ class World:
                 self.tally.acked[kind] += 1
                 return socket, reply
             code = reply.get("response", {}).get("reason")
-            if code == "unavailable":
+            if code in ("unavailable", "idempotency_in_progress"):
                 seen = code
                 self.tally.retries[kind] += 1
                 await self.pause(0.5)
@@ -326,8 +326,8 @@ class World:
             else:
                 self.tally.finding(kind, str(code or "reply_without_code"), repr(reply))
             return socket, reply
-        if seen == "unavailable" or (seen == "cut" and self.stop.is_set()):
-            self.tally.clear[kind]["unavailable" if seen == "unavailable" else "stopped"] += 1
+        if seen != "cut" or self.stop.is_set():  # a code to the last, or our own stop
+            self.tally.clear[kind][seen if seen != "cut" else "stopped"] += 1
         else:
             self.tally.finding(kind, seen, f"{event} {payload}")
         return socket, None
