@@ -2,11 +2,11 @@
 
 Every request goes through `Api.request`, which classifies its answer: acknowledged
 (2xx), a clear error (4xx, or 503, with `{"error": {"code"}}`: counted by code), or a
-finding (a 5xx other than 503, an answer without an error code, no answer within
-`HANG_S`, or a connection cut). A request carrying an Idempotency-Key is retried with
-the same key while it meets 503s, cut connections or `idempotency_in_progress`
-(`RETRY_FOR_S`): the retry learns the first attempt's outcome, so what was
-acknowledged is known exactly.
+finding (a 5xx other than 503, an answer without an error code, a code in
+`NEVER_CLEAR`, no answer within `HANG_S`, or a connection cut). A request carrying an
+Idempotency-Key is retried with the same key while it meets 503s, cut connections or
+`idempotency_in_progress` (`RETRY_FOR_S`): the retry learns the first attempt's
+outcome, so what was acknowledged is known exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+# Codes that are findings however they come: this client never sends a key again with
+# another body, so a conflict on a retry means it cannot learn the first outcome.
+NEVER_CLEAR = ("internal_error", "idempotency_conflict")
 HANG_S = 20.0  # far beyond the gateway's own deadline (4.5 s, then 503)
 RETRY_FOR_S = 30.0
 
@@ -120,6 +123,8 @@ class Api:
         except ValueError:
             payload = r.text
         outcome = Outcome(r.status_code, payload, error_code(payload))
+        if outcome.code in NEVER_CLEAR:
+            return outcome, outcome.code
         if outcome.ok or (outcome.code and (r.status_code < 500 or r.status_code == 503)):
             return outcome, None
         return outcome, f"http_{r.status_code}" + ("" if outcome.code else "_without_code")
@@ -146,7 +151,8 @@ class Api:
         elif seen is None:
             self.tally.clear[kind][outcome.code or "?"] += 1
         else:
-            self.tally.finding(kind, seen, f"{method} {path} -> {outcome.status} {outcome.body!r}")
+            self.tally.finding(kind, seen, f"{method} {path} key {key} -> {outcome.status} "
+                               f"{outcome.body!r}")
         return outcome
 
 

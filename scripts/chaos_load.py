@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from chaos_client import HANG_S, RETRY_FOR_S, Acked, Api, Phx, Tally, minor
+from chaos_client import HANG_S, NEVER_CLEAR, RETRY_FOR_S, Acked, Api, Phx, Tally, minor
 
 OPEN_MARKETS = 6
 MARKET_LIFE_S = 15.0
@@ -321,7 +321,7 @@ class World:
                 self.tally.retries[kind] += 1
                 await self.pause(0.5)
                 continue
-            if isinstance(code, str) and code != "internal_error":
+            if isinstance(code, str) and code not in NEVER_CLEAR:
                 self.tally.clear[kind][code] += 1
             else:
                 self.tally.finding(kind, str(code or "reply_without_code"), repr(reply))
