@@ -21,6 +21,9 @@ DEPENDENCY_FAILURES: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # What the pool raises giving back a connection PostgreSQL dropped mid-statement (a
+    # shutdown): seen by the chaos run in the Idempotency-Key's claim, answered 500.
+    asyncpg.InternalClientError,
     ray.exceptions.RayActorError,
     ray.exceptions.ActorUnavailableError,
     ray.exceptions.GetTimeoutError,

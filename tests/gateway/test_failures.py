@@ -16,6 +16,8 @@ def raised_in_actor(cause: Exception) -> Exception:
 def test_dependency_failures_also_from_inside_an_actor():
     assert dependency_failure(asyncpg.CannotConnectNowError("starting up"))
     assert dependency_failure(ConnectionRefusedError())
+    assert dependency_failure(asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"))
     assert dependency_failure(raised_in_actor(asyncpg.CannotConnectNowError("shutting down")))
     assert dependency_failure(raised_in_actor(ConnectionResetError()))
 
