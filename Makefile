@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv up down test bench lint browser
+.PHONY: venv up down test bench chaos lint browser
 
 venv: $(STAMP)
 
@@ -37,6 +37,12 @@ bench: venv
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_http.py
 	$(PY) scripts/bench_scale.py
+
+# A stack of its own (PostgreSQL, a Ray Cluster, Serve) under load and faults, then the
+# audit: CHAOS_ARGS="--minutes 2 --json chaos.json" for a shorter run.
+CHAOS_ARGS ?=
+chaos: venv
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 # ruff, mypy, and the import contracts in pyproject.toml (layers, no cycles).
 lint: venv

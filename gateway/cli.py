@@ -276,6 +276,16 @@ def bench(
     _script("bench_scale.py", *extra)
 
 
+@app.command()
+def chaos(
+    minutes: Annotated[float, typer.Option(help="minutes of load")] = 10.0,
+    json_path: Annotated[str | None, typer.Option("--json", help="write the report here")] = None,
+) -> None:
+    """The chaos run (as `make chaos`): a stack of its own under load and faults, then
+    the audit; exit status 1 when the audit finds anything."""
+    _script("chaos.py", "--minutes", str(minutes), *(("--json", json_path) if json_path else ()))
+
+
 raffles = typer.Typer(help="Create or settle a raffle (a market whose tickets are numbers).")
 lotteries = typer.Typer(help="Post a lottery's draw; it settles the raffles waiting for it.")
 app.add_typer(raffles, name="raffle")

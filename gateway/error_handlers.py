@@ -4,10 +4,8 @@ unavailable dependencies (503) and anything unexpected (500)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import asyncpg
 import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from actors.errors import LootifyError
 
 from .errors import RateLimited, Unauthenticated
+from .failures import DEPENDENCY_FAILURES, dependency_failure
 
 # Under "ray.serve", so Serve writes it to the replica's log file.
 log = logging.getLogger("ray.serve").getChild(__name__)
@@ -27,19 +26,6 @@ _STATUS_CODES = {
     415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
     503: "unavailable",
 }
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    ray.exceptions.RayActorError,
-    ray.exceptions.ActorUnavailableError,
-    ray.exceptions.GetTimeoutError,
-)
-
-
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
@@ -51,7 +37,7 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ray.exceptions.RayTaskError, _lootify_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for exc_type in _UNAVAILABLE:
+    for exc_type in DEPENDENCY_FAILURES:
         app.add_exception_handler(exc_type, _unavailable)
     app.add_exception_handler(Exception, _internal_error)
 
@@ -66,6 +52,8 @@ def _unwrap(exc: BaseException) -> BaseException:
 async def _lootify_error(request: Request, exc: Exception) -> JSONResponse:
     err = _unwrap(exc)
     if not isinstance(err, LootifyError):
+        if dependency_failure(exc):  # an actor met PostgreSQL down, say
+            return await _unavailable(request, exc)
         return await _internal_error(request, exc)
     headers = {}
     if isinstance(err, RateLimited):

@@ -24,6 +24,7 @@ import pytest
 
 from actors.errors import (
     AlreadySettled,
+    Conflict,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidInput,
@@ -38,6 +39,7 @@ from actors.errors import (
     Unavailable,
 )
 from actors.markets import BetRecord, CancelBet, MarketKind, PlaceBet, Recover
+from actors.markets.messages import new_market_message
 from actors.markets.saga import RECOVERY_AGE_S
 from actors.markets.state import Bet, Market
 from actors.markets.writes import BetsToRecover
@@ -194,6 +196,23 @@ def test_full_lifecycle(lootify):
         assert act(market, action)["status"] == status
     settled = market.settle("away")
     assert settled["status"] == "settled" and settled["winner"] == "away"
+
+
+def test_a_creation_sent_again_is_answered_as_the_first(aio, lootify, run):
+    """A router sends a message again when its host died unanswered; a creation the
+    dead host had committed was then a 409 conflict (found by the chaos run)."""
+    event = lootify.create_event("Home x Away", "football", datetime.now(UTC) + timedelta(days=1))
+    message = new_market_message(event["id"], "Winner", "fixed_odds", selections(EVEN), None,
+                                 None, None, None, None, in_play=True)
+    market_id = str(uuid.uuid4())
+
+    async def create(msg):
+        return await aio.routers["markets"].call(market_id, msg)
+
+    first = run(create(message))
+    assert run(create(message)) == first
+    with pytest.raises(Conflict):  # another market under the same id is still refused
+        run(create(message._replace(name="Other")))
 
 
 def test_settle_unknown_winner_is_refused(lootify):

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from actors.errors import InvalidInput, LootifyError
+from actors.errors import InvalidInput, LootifyError, Unavailable
 
 from ..errors import InternalError, TooManyTopics, UnmatchedTopic
+from ..failures import dependency_failure
 
 log = logging.getLogger("lootify.gateway.phoenix")
 
@@ -315,7 +316,11 @@ class ChannelSession:
             response = await self._on_event(channel.topic, msg.event, msg.payload)
         except LootifyError as exc:
             return [error_reply(msg, exc)]
-        except Exception:
+        except Exception as exc:
+            if dependency_failure(exc):  # as HTTP answers it: 503, retry
+                log.warning("event %r on %s: dependency unavailable: %r", msg.event,
+                            msg.topic, exc)
+                return [error_reply(msg, Unavailable("a dependency is unavailable; retry"))]
             log.exception("event %r on %s failed", msg.event, msg.topic)
             return [error_reply(msg, InternalError("internal error"))]
         if response is NO_REPLY:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from types import SimpleNamespace
 
 import pytest
+from fastapi import FastAPI, Request
 
 from actors.errors import IdempotencyConflict, IdempotencyInProgress, InvalidInput
 from gateway import idempotency as idem
+from gateway.auth.tokens import Claims
+from gateway.deps import idempotent
 
 USER = str(uuid.uuid4())
 H1 = idem.request_hash("POST", "/api/wallet/deposit", b'{"amount": "10.00"}')
@@ -137,5 +142,31 @@ def test_twenty_concurrent_identical_requests_run_once(db):
         assert runs == 1 and outcomes.count("ran") == 1
         assert set(outcomes) <= {"ran", "in_progress", "replay"}
         assert await idem.begin(pool, USER, "same", H1) == idem.Replay(201, {"bet": "b1"})
+
+    db(body)
+
+
+def test_the_work_answer_stands_when_storing_it_fails(db):
+    """Found by the chaos run: a deposit was applied, then PostgreSQL shut down while
+    its answer was being stored, and the client got 500 for money that had moved. The
+    work's answer is the truth: it is sent; a retry after the key's lease replays."""
+
+    async def body(pool):
+        app = FastAPI()
+        app.state.ctx = SimpleNamespace(db=lambda: pool)
+
+        async def receive():
+            return {"type": "http.request", "body": b'{"amount": "5.00"}', "more_body": False}
+
+        request = Request({"type": "http", "method": "POST", "path": "/api/wallet/deposit",
+                           "query_string": b"", "headers": [(b"idempotency-key", b"k-stored")],
+                           "app": app}, receive)
+
+        async def work(key):
+            await pool.close()  # PostgreSQL goes away once the money has moved
+            return 200, {"balance": "5.00"}
+
+        response = await idempotent(request, Claims(str(USER), "player", "j", 0, 0), work)
+        assert (response.status_code, json.loads(response.body)) == (200, {"balance": "5.00"})
 
     db(body)

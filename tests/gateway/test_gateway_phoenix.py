@@ -4,7 +4,9 @@ import asyncio
 import base64
 import json
 
+import asyncpg
 import pytest
+import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,6 +165,12 @@ class Handlers:
         self.events.append((topic.name, event))
         if event == "get_balance":
             return {"balance": "5.00"}
+        if event == "cancel_bet":  # as a market host's query while PostgreSQL restarts
+            raise ray.exceptions.RayTaskError(
+                "EntityHost.query", "", asyncpg.CannotConnectNowError("shutting down")
+            ).as_instanceof_cause()
+        if event == "get_bet":  # as a call to a host Ray is restarting
+            raise ray.exceptions.ActorUnavailableError("the actor is restarting", b"\0" * 16)
         if event == "place_bet":
             raise InsufficientFunds("not enough")
         if event == "fire_and_forget":
@@ -332,6 +340,22 @@ def test_event_errors_and_no_reply():
     assert bug[0][4]["response"]["reason"] == "internal_error"
     assert silent == []
     assert heartbeat[0][4]["status"] == "ok"  # the socket goes on
+
+
+def test_dependency_failures_are_unavailable_not_internal_errors():
+    """Found by the chaos run: a `cancel_bet` while a market host restarted, or while
+    its PostgreSQL did, was answered `internal_error` where HTTP answers 503."""
+    _, s = new_session()
+    topic = f"user:{USER}"
+    _, cancel, get = frames(
+        s,
+        ["1", "1", topic, "phx_join", {}],
+        ["1", "2", topic, "cancel_bet", {}],
+        ["1", "3", topic, "get_bet", {}],
+    )
+    for out in (cancel, get):
+        assert out[0][4]["status"] == "error"
+        assert out[0][4]["response"]["reason"] == "unavailable"
 
 
 def test_join_crash():
