@@ -18,6 +18,7 @@ import asyncpg
 from actors.client import AsyncLootify, Settings
 from actors.errors import Unavailable
 from actors.pubsub import Subscriber, get_publisher
+from actors.runtime import Breaker, BreakerSettings, GuardedPool
 from actors.settings import service_dsn
 
 from . import idempotency, ratelimit
@@ -30,6 +31,8 @@ from .payments.sandbox import SandboxProvider
 from .ratelimit import RateLimiter
 from .settings import GatewaySettings
 
+CONNECT_TIMEOUT_S = 3.0
+
 # Under "ray.serve", so Serve writes it to the replica's log file.
 log = logging.getLogger("ray.serve").getChild(__name__)
 
@@ -40,7 +43,10 @@ class Context:
         self.cluster_settings = Settings()
         self.metrics = Metrics()
         self.cluster_metrics = ClusterMetrics(self)
-        self.pool: asyncpg.Pool | None = None
+        self.pool: GuardedPool | None = None
+        # In front of the replica's PostgreSQL pool: while PostgreSQL is down or hung,
+        # what needs it answers 503 at once instead of each waiting out a time-out.
+        self.breaker = Breaker("gateway", BreakerSettings.from_env())
         self.limiter: RateLimiter | None = None
         self.subscriber = Subscriber(self.cluster_settings.namespace)
         self.publisher = get_publisher(self.cluster_settings.namespace)
@@ -53,9 +59,12 @@ class Context:
 
     async def start(self) -> None:
         # min_size=0: no connection is made here, so the replica starts without the database.
-        self.pool = await asyncpg.create_pool(
-            service_dsn("users"), min_size=0, max_size=self.settings.pool_size, command_timeout=10
+        # `timeout` bounds opening a connection (asyncpg's default is 60 s).
+        pool = await asyncpg.create_pool(
+            service_dsn("users"), min_size=0, max_size=self.settings.pool_size,
+            command_timeout=10, timeout=CONNECT_TIMEOUT_S,
         )
+        self.pool = GuardedPool(pool, self.breaker)
         self.limiter = RateLimiter(self.pool, self.settings.rate_limits)
         self.subscriber.callbacks.setdefault("event:*", set()).add(self.odds_cache.on_event)
         self.subscriber.on_resync.append(self.odds_cache.schedule_reload)
@@ -69,6 +78,10 @@ class Context:
         self.metrics.gauge_callback(
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
             lambda: 1.0 if self.subscriber.healthy else 0.0,
+        )
+        self.metrics.gauge_callback(
+            "lootify_breaker_open", "1 while this replica's PostgreSQL breaker is not closed",
+            lambda: 0.0 if self.breaker.healthy() else 1.0,
         )
 
     def _payment_desk(self) -> PaymentDesk:
@@ -118,7 +131,7 @@ class Context:
                     raise Unavailable("the entity hosts are not reachable; retry") from exc
         return self._aio
 
-    def db(self) -> asyncpg.Pool:
+    def db(self) -> GuardedPool:
         assert self.pool is not None, "Context.start() was not awaited"
         return self.pool
 

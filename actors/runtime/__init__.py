@@ -5,6 +5,7 @@ It knows no domain: kinds of entity subclass `EntityKind` and `register_kind`
 themselves; callers reach them through a `Router`.
 """
 
+from .breaker import Breaker, CircuitOpen, GuardedPool
 from .commit import (
     HOLD_EPOCHS_SQL,
     Fence,
@@ -21,14 +22,19 @@ from .directory import Placement, host_name
 from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable, WrongHost
 from .host import EntityHost, ignore_outcome, start_host
 from .ids import canonical_id, new_id, random_uuids, shard_of
-from .kind import Cycle, EntityKind, Op, kind_named, register_kind
+from .kind import NOT_A_READ, Cycle, EntityKind, Op, kind_named, register_kind
 from .liveness import is_actor_down
 from .router import Router, connect_router
-from .settings import KindSettings, RuntimeSettings
+from .settings import BreakerSettings, KindSettings, RuntimeSettings
 from .wire import wire_type
 
 __all__ = [
     "HOLD_EPOCHS_SQL",
+    "NOT_A_READ",
+    "Breaker",
+    "BreakerSettings",
+    "CircuitOpen",
+    "GuardedPool",
     "Fence",
     "Fenced",
     "commit_checks",

@@ -36,11 +36,12 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .breaker import HALF_OPEN, Breaker, CircuitOpen
 from .commit import Fence, Fenced, RetryCycle
 from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
-from .kind import Cycle, EntityKind, Op
+from .kind import NOT_A_READ, Cycle, EntityKind, Op
 from .logs import log_json
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_batch, encode_outcomes
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 # Upper bounds of the buckets of the hosts' histograms (exported by the gateway).
 CYCLE_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Opening a connection: asyncpg's default (60 s) would hold a cycle through a hang.
+CONNECT_TIMEOUT_S = 5.0
 
 
 class Entry:
@@ -97,6 +100,14 @@ class EntityHost:
         # an entity a cycle is working on.
         self.cycle_lock = asyncio.Lock()
         self.pool: asyncpg.Pool | None = None
+        # In front of PostgreSQL: while it is down or hung, messages are refused at once
+        # (reads of entities in memory are answered from it) instead of queueing up
+        # behind a cycle that cannot commit.
+        self.breaker = Breaker(f"{kind.name}-host-{index}", settings.breaker)
+        # The entities of the cycle under way: their memory may be ahead of PostgreSQL.
+        self.in_cycle: set[str] = set()
+        # Set by `drain` (the cluster is stopping): nothing more is admitted.
+        self.draining = False
         # The shards this process owns, with the epoch of each (see `directory`), and
         # the incarnation of the host it is: both are checked inside every commit.
         self.owned: set[int] = set()
@@ -135,7 +146,8 @@ class EntityHost:
         # cycle, and with it every entity here. Past the call deadline its callers have
         # given up anyway; the cycle fails whole and they retry by reference id.
         self.pool = await asyncpg.create_pool(
-            self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s
+            self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s,
+            timeout=CONNECT_TIMEOUT_S,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             self.incarnation = await take_lease(conn, self.kind_name, self.index)
@@ -187,13 +199,17 @@ class EntityHost:
             for (entity_id, message), owned in zip(batch, here, strict=True)
             if owned
         ]
-        try:
-            await self.kind.admit(ops)
-        except Exception:
-            log.exception("admission failed")
-            return [(False, Unavailable("the host could not admit the batch; retry"))] * len(batch)
-        self.queue.extend(ops)
-        self.wake.set()
+        pending = self._admissible(ops)
+        if pending:
+            try:
+                await self.kind.admit(pending)
+            except Exception:
+                log.exception("admission failed")
+                return [(False, Unavailable("the host could not admit the batch; retry"))] * len(
+                    batch
+                )
+            self.queue.extend(pending)
+            self.wake.set()
         outcomes: list[tuple[bool, Any]] = []
         admitted = iter(ops)
         for (entity_id, _), owned in zip(batch, here, strict=True):
@@ -207,10 +223,38 @@ class EntityHost:
                 outcomes.append((False, exc))
         return outcomes
 
+    def _admissible(self, ops: list[Op]) -> list[Op]:
+        """The ops that go on to a cycle. While the cluster stops, none; while the
+        breaker is not closed, reads of entities in memory (and not in the cycle under
+        way) are answered from it, and the rest refused at once, except in half-open
+        state, when the next cycle is the probe."""
+        if self.draining:
+            for op in ops:
+                op.future.set_exception(Unavailable("the host is shutting down; retry"))
+            return []
+        if self.breaker.healthy():
+            return ops
+        probe = self.breaker.state == HALF_OPEN
+        pending = []
+        for op in ops:
+            entry = self.entities.get(op.entity_id)
+            if entry is not None and op.entity_id not in self.in_cycle:
+                answer = self.kind.read(entry.state, op.message)
+                if answer is not NOT_A_READ:
+                    op.future.set_result(answer)
+                    continue
+            if probe:
+                pending.append(op)
+            else:
+                self.breaker.refused += 1
+                op.future.set_exception(CircuitOpen("PostgreSQL is unavailable; retry shortly"))
+        return pending
+
     async def query(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
         """A read (or catalog write) that needs no entity; answered `(ok, result|error)`."""
         await self._ready()
         try:
+            self.breaker.check()
             return True, await self.kind.query(name, args)
         except LootifyError as exc:
             return False, exc
@@ -299,6 +343,7 @@ class EntityHost:
             "activations": self.activations,
             "passivations": self.passivations,
             "shards_handed_off": self.shards_handed_off,
+            "breaker": self.breaker.snapshot(),
         }
 
     async def activated(self) -> list[str]:
@@ -356,6 +401,24 @@ class EntityHost:
                 ops.append(op)
         if not ops:
             return
+        try:
+            ticket = self.breaker.admit()
+        except CircuitOpen as exc:  # nothing was applied: the entities stay as they are
+            for op in ops:
+                op.future.set_exception(exc)
+            return
+        self.in_cycle = {op.entity_id for op in ops}
+        try:
+            await self._run_admitted(ops, fence, now, ticket)
+        except BaseException as exc:
+            self.breaker.outcome(ticket, exc)
+            raise
+        finally:
+            self.in_cycle = set()
+
+    async def _run_admitted(
+        self, ops: list[Op], fence: dict[int, int], now: int, ticket: int
+    ) -> None:
         assert self.pool is not None
         cycle = Cycle()
         phases = self.phase_seconds
@@ -402,12 +465,14 @@ class EntityHost:
                     await self.kind.commit(
                         conn, cycle, Fence(self.kind_name, self.index, self.incarnation, fence)
                     )
+                self.breaker.succeeded(ticket)
                 committed = time.perf_counter() - t3
                 phases["commit"] += committed
                 self.commit_seconds[bisect.bisect_left(COMMIT_SECONDS_BOUNDS, committed)] += 1
             except Fenced:
                 # A shard of the cycle moved, or a newer process is this host: nothing of
                 # the cycle stands, and its callers go to the owner the directory names.
+                self.breaker.succeeded(ticket)  # PostgreSQL answered
                 self.fenced_cycles += 1
                 log.warning("%s host %d: cycle refused, not the owner", self.kind_name, self.index)
                 for op in ops:
@@ -419,6 +484,7 @@ class EntityHost:
             except RetryCycle:
                 # Memory acted on a guess the database refused (e.g. a reference id
                 # used before this activation): rebuild and rerun the cycle carefully.
+                self.breaker.succeeded(ticket)
                 for op in ops:
                     self.entities.pop(op.entity_id, None)
                 self.kind.careful = True
@@ -426,12 +492,15 @@ class EntityHost:
                 self.wake.set()
                 return
             except Exception as exc:  # whatever failed the commit, nothing of the cycle stands
+                self.breaker.outcome(ticket, exc)
                 log.exception("cycle commit failed")
-                # Memory ran ahead of the database: rebuild every touched entity.
+                # Memory ran ahead of the database: rebuild every touched entity. Every
+                # message is answered, refusals too: they were decided on that memory.
+                failed = Unavailable(f"storage failed: {type(exc).__name__}; retry")
                 for op in ops:
                     self.entities.pop(op.entity_id, None)
-                for op, _ in answered:
-                    op.future.set_exception(Unavailable(f"storage failed: {type(exc).__name__}"))
+                    if not op.future.done():
+                        op.future.set_exception(failed)
                 return
 
         for op, error in refused:
@@ -466,6 +535,8 @@ class EntityHost:
         last_passivation = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            if not self.breaker.healthy():
+                continue  # PostgreSQL is down: housekeeping waits for it
             try:
                 await self.kind.tick()
             except Exception:

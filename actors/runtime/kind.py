@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .host import EntityHost
 
 State = TypeVar("State")
+# `EntityKind.read`'s answer for a message that is not a pure read.
+NOT_A_READ: Any = object()
 Kind = TypeVar("Kind", bound="type[EntityKind[Any]]")
 
 
@@ -104,6 +106,12 @@ class EntityKind(Generic[State]):
     async def persist(self, conn: asyncpg.Connection, cycle: Cycle) -> None:
         """Write the cycle inside the transaction `commit` opened."""
         raise NotImplementedError
+
+    def read(self, state: State, message: Any) -> Any:
+        """Answer `message` from `state` alone if it only reads, else `NOT_A_READ`. The
+        host does so while PostgreSQL is unavailable, for entities whose memory is what
+        was committed (none of the cycle under way)."""
+        return NOT_A_READ
 
     def can_passivate(self, state: State) -> bool:
         return True
