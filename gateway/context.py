@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from actors.client import AsyncLootify, Settings
 from actors.errors import Unavailable
+from actors.ops.shutdown import DRAIN_TOPIC
 from actors.pubsub import Subscriber, get_publisher
 from actors.runtime import Breaker, BreakerSettings, GuardedPool
 from actors.settings import service_dsn
@@ -56,6 +58,10 @@ class Context:
         self._purging: asyncio.Task | None = None
         # Only in provider mode; direct mode moves money at once, as before.
         self.payments: PaymentDesk | None = None
+        # Set when the cluster is stopping (`DRAIN_TOPIC`): the realtime layer closes its
+        # sockets (`on_drain`) and takes no new ones.
+        self.draining = False
+        self.on_drain: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         # min_size=0: no connection is made here, so the replica starts without the database.
@@ -67,6 +73,7 @@ class Context:
         self.pool = GuardedPool(pool, self.breaker)
         self.limiter = RateLimiter(self.pool, self.settings.rate_limits)
         self.subscriber.callbacks.setdefault("event:*", set()).add(self.odds_cache.on_event)
+        self.subscriber.callbacks.setdefault(DRAIN_TOPIC, set()).add(self._drain)
         self.subscriber.on_resync.append(self.odds_cache.schedule_reload)
         self.subscriber.start()
         self.odds_cache.start()
@@ -104,6 +111,12 @@ class Context:
                 await ratelimit.purge_expired(pool)
             except Exception as exc:  # the database may be down: try again next time
                 log.warning("purging expired rows failed: %r", exc)
+
+    def _drain(self, topic: str, event: str, payload: Any) -> None:
+        log.info("draining: the cluster is stopping")
+        self.draining = True
+        for hook in self.on_drain:
+            hook()
 
     async def close(self) -> None:
         if self._purging is not None:

@@ -436,12 +436,17 @@ def up() -> int:
 
 
 def _serve_shutdown(address: str) -> None:
+    """Stop gracefully (`actors.ops.shutdown`): sockets told to reconnect, Serve's
+    requests in flight finished, then every host's queue and cycles committed."""
     code = (
         "import sys, ray\n"
-        "from ray import serve\n"
+        "from actors.ops.shutdown import stop_gracefully\n"
+        "from actors.runtime import RuntimeSettings\n"
         "ray.init(address=sys.argv[1], namespace=sys.argv[2], logging_level='ERROR',"
         " log_to_driver=False)\n"
-        "serve.shutdown()\n"
+        "left = stop_gracefully(sys.argv[2], RuntimeSettings().drain_timeout_s)\n"
+        "if any(left.values()):\n"
+        "    print(f'hosts left messages unanswered: {left}', file=sys.stderr)\n"
         "ray.shutdown()\n"
     )
     env = dict(os.environ)
@@ -468,7 +473,7 @@ def down() -> int:
             _serve_shutdown(external)
         elif ray_processes():
             if ray_head_running():
-                log("shutting Serve down")
+                log("shutting Serve down, then draining the hosts")
                 _serve_shutdown(ray_address())
             procs = ray_processes()
             log(f"stopping {len(procs)} Ray process(es) of ours")

@@ -36,7 +36,7 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .breaker import HALF_OPEN, Breaker, CircuitOpen
+from .breaker import HALF_OPEN, OPEN, Breaker, CircuitOpen
 from .commit import Fence, Fenced, RetryCycle
 from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
@@ -53,6 +53,10 @@ CYCLE_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Opening a connection: asyncpg's default (60 s) would hold a cycle through a hang.
 CONNECT_TIMEOUT_S = 5.0
+# How often a host looks for messages queued behind a hung cycle.
+SHED_INTERVAL_S = 0.1
+# How often a draining host looks whether its queue and cycles are done.
+DRAIN_POLL_S = 0.02
 
 
 class Entry:
@@ -154,6 +158,7 @@ class EntityHost:
             self._own(await take_up_shards(conn, self.kind_name, self.index, self.incarnation))
         asyncio.ensure_future(self._cycles())
         asyncio.ensure_future(self._housekeeping())
+        asyncio.ensure_future(self._shed_when_hung())
 
     # -- the Ray API -------------------------------------------------------------
 
@@ -241,6 +246,7 @@ class EntityHost:
             if entry is not None and op.entity_id not in self.in_cycle:
                 answer = self.kind.read(entry.state, op.message)
                 if answer is not NOT_A_READ:
+                    entry.last_used = int(time.monotonic())
                     op.future.set_result(answer)
                     continue
             if probe:
@@ -290,6 +296,21 @@ class EntityHost:
                 del self.entities[entity_id]
         self.passivations += len(leavers)
         return len(leavers)
+
+    async def drain(self) -> int:
+        """Stop for good (the cluster is shutting down): admit no more messages (they
+        are answered `Unavailable`), let those queued and the cycle in flight commit
+        and what follows them (money a saga is moving) finish, within
+        `drain_timeout_s`. Returns the messages left unanswered (0: all were)."""
+        await self._ready()
+        self.draining = True
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.queue or self.cycle_lock.locked() or self.finishing:
+            if time.monotonic() >= deadline:
+                break
+            self.wake.set()
+            await asyncio.sleep(DRAIN_POLL_S)
+        return len(self.queue) + len(self.in_cycle)
 
     async def adopt(self) -> list[int]:
         """Take up whatever the directory gives this host now (after a hand-off to it,
@@ -545,6 +566,15 @@ class EntityHost:
                 last_passivation = time.monotonic()
                 async with self.cycle_lock:
                     self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
+
+    async def _shed_when_hung(self) -> None:
+        """Messages queued behind a cycle that hangs on PostgreSQL (admitted before the
+        breaker saw the hang) are answered as those arriving now are: reads from memory,
+        the rest refused, instead of waiting for the hang to end."""
+        while True:
+            await asyncio.sleep(SHED_INTERVAL_S)
+            if self.queue and self.breaker.state == OPEN and self.cycle_lock.locked():
+                self.queue = self._admissible(self.queue)
 
     def _passivate(self, cutoff: int | None) -> int:
         busy = {op.entity_id for op in self.queue}
