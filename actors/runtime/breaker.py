@@ -110,6 +110,11 @@ class Breaker:
             self.refused += 1
             raise CircuitOpen(f"{self.name}: PostgreSQL is unavailable; retry shortly")
 
+    def restart(self, ticket: int) -> None:
+        """Time the call from now on (kept oldest first: now is the latest start)."""
+        if self._in_flight.pop(ticket, None) is not None:
+            self._in_flight[ticket] = self.clock()
+
     def succeeded(self, ticket: int) -> None:
         self._in_flight.pop(ticket, None)
         if self._state != CLOSED:
@@ -149,11 +154,11 @@ class Breaker:
             self.succeeded(ticket)
 
     @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
-        """`async with breaker.guard():` around one use of the database."""
+    async def guard(self) -> AsyncIterator[int]:
+        """`async with breaker.guard():` around one use of the database (its ticket)."""
         ticket = self.admit()
         try:
-            yield
+            yield ticket
         except asyncio.CancelledError:
             # The caller gave up (its deadline): that says something only of a call
             # that had been hanging.
@@ -195,7 +200,9 @@ class GuardedPool:
 
     @asynccontextmanager
     async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:
-        async with self.breaker.guard(), self.pool.acquire(timeout=timeout) as conn:
+        async with self.breaker.guard() as ticket, self.pool.acquire(timeout=timeout) as conn:
+            # Timed from here: waiting for a free connection under load is not a hang.
+            self.breaker.restart(ticket)
             yield conn
 
     async def close(self) -> None:
