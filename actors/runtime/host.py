@@ -53,8 +53,9 @@ CYCLE_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Opening a connection: asyncpg's default (60 s) would hold a cycle through a hang.
 CONNECT_TIMEOUT_S = 5.0
-# How often a host looks for messages queued behind a hung cycle.
+# How often a host looks for messages waiting on a hung cycle.
 SHED_INTERVAL_S = 0.1
+HUNG = "PostgreSQL is not answering; retry (by reference id) to learn the outcome"
 # How often a draining host looks whether its queue and cycles are done.
 DRAIN_POLL_S = 0.02
 
@@ -108,8 +109,10 @@ class EntityHost:
         # (reads of entities in memory are answered from it) instead of queueing up
         # behind a cycle that cannot commit.
         self.breaker = Breaker(f"{kind.name}-host-{index}", settings.breaker)
-        # The entities of the cycle under way: their memory may be ahead of PostgreSQL.
-        self.in_cycle: set[str] = set()
+        # The messages of the cycle under way, and the entities it has changed so far:
+        # their memory may be ahead of PostgreSQL until it commits.
+        self.running: list[Op] = []
+        self.changed: set[str] = set()
         # Set by `drain` (the cluster is stopping): nothing more is admitted.
         self.draining = False
         # The shards this process owns, with the epoch of each (see `directory`), and
@@ -235,7 +238,7 @@ class EntityHost:
         state, when the next cycle is the probe."""
         if self.draining:
             for op in ops:
-                op.future.set_exception(Unavailable("the host is shutting down; retry"))
+                _fail(op, Unavailable("the host is shutting down; retry"))
             return []
         if self.breaker.healthy():
             return ops
@@ -243,17 +246,18 @@ class EntityHost:
         pending = []
         for op in ops:
             entry = self.entities.get(op.entity_id)
-            if entry is not None and op.entity_id not in self.in_cycle:
+            if entry is not None and op.entity_id not in self.changed:
                 answer = self.kind.read(entry.state, op.message)
                 if answer is not NOT_A_READ:
                     entry.last_used = int(time.monotonic())
-                    op.future.set_result(answer)
+                    if not op.future.done():
+                        op.future.set_result(answer)
                     continue
             if probe:
                 pending.append(op)
             else:
                 self.breaker.refused += 1
-                op.future.set_exception(CircuitOpen("PostgreSQL is unavailable; retry shortly"))
+                _fail(op, CircuitOpen("PostgreSQL is unavailable; retry shortly"))
         return pending
 
     async def query(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
@@ -310,7 +314,7 @@ class EntityHost:
                 break
             self.wake.set()
             await asyncio.sleep(DRAIN_POLL_S)
-        return len(self.queue) + len(self.in_cycle)
+        return len(self.queue) + sum(not op.future.done() for op in self.running)
 
     async def adopt(self) -> list[int]:
         """Take up whatever the directory gives this host now (after a hand-off to it,
@@ -403,8 +407,7 @@ class EntityHost:
                     log.exception("cycle failed")
                     for op in batch:  # memory may be ahead of the database: rebuild
                         self.entities.pop(op.entity_id, None)
-                        if not op.future.done():
-                            op.future.set_exception(Unavailable("the host failed; retry"))
+                        _fail(op, Unavailable("the host failed; retry"))
 
     async def _run_cycle(self, batch: list[Op]) -> None:
         now = int(time.monotonic())
@@ -416,7 +419,7 @@ class EntityHost:
             shard = shard_of(op.entity_id, self.settings.shards)
             epoch = self.epochs.get(shard)
             if epoch is None:
-                op.future.set_exception(WrongHost(f"{op.entity_id} is not hosted here"))
+                _fail(op, WrongHost(f"{op.entity_id} is not hosted here"))
             else:
                 fence[shard] = epoch
                 ops.append(op)
@@ -426,16 +429,17 @@ class EntityHost:
             ticket = self.breaker.admit()
         except CircuitOpen as exc:  # nothing was applied: the entities stay as they are
             for op in ops:
-                op.future.set_exception(exc)
+                _fail(op, CircuitOpen(exc.message))
             return
-        self.in_cycle = {op.entity_id for op in ops}
+        self.running = ops
         try:
             await self._run_admitted(ops, fence, now, ticket)
         except BaseException as exc:
             self.breaker.outcome(ticket, exc)
             raise
         finally:
-            self.in_cycle = set()
+            self.running = []
+            self.changed = set()
 
     async def _run_admitted(
         self, ops: list[Op], fence: dict[int, int], now: int, ticket: int
@@ -469,15 +473,17 @@ class EntityHost:
                 mark = cycle.mark()
                 try:
                     answered.append((op, self.kind.apply(entry.state, op.message, cycle, op)))
+                    if cycle.mark() > mark:  # a handler changes nothing it does not write
+                        self.changed.add(op.entity_id)
                 except LootifyError as exc:
                     refused.append((op, exc))
                 except Exception as exc:
                     log.exception("entity %s crashed on %r", op.entity_id, op.message)
                     cycle.rollback(mark)
                     crashed.add(op.entity_id)
-                    op.future.set_exception(
-                        EntityCrashed(f"{type(exc).__name__} in {self.kind_name} entity; rebuilt")
-                    )
+                    self.changed.add(op.entity_id)
+                    _fail(op, EntityCrashed(
+                        f"{type(exc).__name__} in {self.kind_name} entity; rebuilt"))
 
             t3 = time.perf_counter()
             phases["apply"] += t3 - t2
@@ -498,8 +504,7 @@ class EntityHost:
                 log.warning("%s host %d: cycle refused, not the owner", self.kind_name, self.index)
                 for op in ops:
                     self.entities.pop(op.entity_id, None)
-                    if not op.future.done():
-                        op.future.set_exception(WrongHost("the shard moved during the cycle"))
+                    _fail(op, WrongHost("the shard moved during the cycle"))
                 await self._reload_ownership()
                 return
             except RetryCycle:
@@ -517,15 +522,14 @@ class EntityHost:
                 log.exception("cycle commit failed")
                 # Memory ran ahead of the database: rebuild every touched entity. Every
                 # message is answered, refusals too: they were decided on that memory.
-                failed = Unavailable(f"storage failed: {type(exc).__name__}; retry")
+                failed = f"storage failed: {type(exc).__name__}; retry"
                 for op in ops:
                     self.entities.pop(op.entity_id, None)
-                    if not op.future.done():
-                        op.future.set_exception(failed)
+                    _fail(op, Unavailable(failed))
                 return
 
         for op, error in refused:
-            op.future.set_exception(error)
+            _fail(op, error)
         for entity_id in crashed:
             self.entities.pop(entity_id, None)
         for hook in cycle.after_commit:
@@ -540,6 +544,7 @@ class EntityHost:
         self.cycles += 1
         self.ops_done += len(ops)
         self.cycle_sizes[bisect.bisect_left(CYCLE_SIZE_BOUNDS, len(ops))] += 1
+        deferred = [op for op in deferred if not op.future.done()]
         if deferred:
             self.queue[:0] = deferred
             self.wake.set()
@@ -568,12 +573,20 @@ class EntityHost:
                     self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
 
     async def _shed_when_hung(self) -> None:
-        """Messages queued behind a cycle that hangs on PostgreSQL (admitted before the
-        breaker saw the hang) are answered as those arriving now are: reads from memory,
-        the rest refused, instead of waiting for the hang to end."""
+        """Once the breaker sees a cycle hang on PostgreSQL, its callers are not kept
+        waiting for it: its own messages are answered `Unavailable` (their outcome is
+        unknown until PostgreSQL answers; a retry by reference id learns it, as after a
+        caller's deadline), and those queued behind it as those arriving now are: reads
+        from memory, the rest refused. A caller's call to this host, and every message
+        the caller batches behind it, is then free again."""
         while True:
             await asyncio.sleep(SHED_INTERVAL_S)
-            if self.queue and self.breaker.state == OPEN and self.cycle_lock.locked():
+            if self.breaker.state != OPEN or not self.cycle_lock.locked():
+                continue
+            for op in self.running:
+                if not op.future.done():
+                    op.future.set_exception(Unavailable(HUNG))
+            if self.queue:
                 self.queue = self._admissible(self.queue)
 
     def _passivate(self, cutoff: int | None) -> int:
@@ -611,12 +624,19 @@ def ignore_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _fail(op: Op, error: BaseException) -> None:
+    """Answer `op` with `error`, unless it was answered already (`Unavailable` when
+    its cycle hung)."""
+    if not op.future.done():
+        op.future.set_exception(error)
+
+
 def _answer(answered: list[tuple[Op, Any]]) -> None:
     for op, result in answered:
         if op.future.done():
             continue
         if op.error is not None:
-            op.future.set_exception(op.error)
+            _fail(op, op.error)
         else:
             op.future.set_result(result)
 
