@@ -29,7 +29,7 @@ from actors.errors import (
     TicketTaken,
 )
 from actors.pubsub import get_publisher
-from actors.runtime import NOT_A_READ, Cycle, EntityKind, Fence, Op, register_kind
+from actors.runtime import Cycle, EntityKind, Fence, Op, register_kind
 
 from . import pricing, queries
 from .events import publish_cycle
@@ -156,7 +156,7 @@ class MarketKind(EntityKind[Market]):
             self.stored_bets = await stored_bets(conn, ids)
 
     def read(self, m: Market, msg: Any) -> Any:
-        return m.view() if isinstance(msg, GetMarket) and m.event_id is not None else NOT_A_READ
+        return m.view() if isinstance(msg, GetMarket) and m.event_id is not None else None
 
     def apply(self, m: Market, msg: Any, cycle: Cycle, op: Op) -> Any:
         if isinstance(msg, CreateMarket):

@@ -22,7 +22,7 @@ from .directory import Placement, host_name
 from .errors import EntityCrashed, InvalidInput, LootifyError, Unavailable, WrongHost
 from .host import EntityHost, ignore_outcome, start_host
 from .ids import canonical_id, new_id, random_uuids, shard_of
-from .kind import NOT_A_READ, Cycle, EntityKind, Op, kind_named, register_kind
+from .kind import Cycle, EntityKind, Op, kind_named, register_kind
 from .liveness import is_actor_down
 from .router import Router, connect_router
 from .settings import BreakerSettings, KindSettings, RuntimeSettings
@@ -30,7 +30,6 @@ from .wire import wire_type
 
 __all__ = [
     "HOLD_EPOCHS_SQL",
-    "NOT_A_READ",
     "Breaker",
     "BreakerSettings",
     "CircuitOpen",

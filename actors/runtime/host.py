@@ -41,7 +41,7 @@ from .commit import Fence, Fenced, RetryCycle
 from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
-from .kind import NOT_A_READ, Cycle, EntityKind, Op
+from .kind import Cycle, EntityKind, Op
 from .logs import log_json
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_batch, encode_outcomes
@@ -248,7 +248,7 @@ class EntityHost:
             entry = self.entities.get(op.entity_id)
             if entry is not None and op.entity_id not in self.changed:
                 answer = self.kind.read(entry.state, op.message)
-                if answer is not NOT_A_READ:
+                if answer is not None:
                     entry.last_used = int(time.monotonic())
                     if not op.future.done():
                         op.future.set_result(answer)
@@ -434,6 +434,12 @@ class EntityHost:
         self.running = ops
         try:
             await self._run_admitted(ops, fence, now, ticket)
+        except Exception as exc:  # PostgreSQL failed it (a load, a prepare), or a bug did
+            self.breaker.outcome(ticket, exc)
+            log.exception("cycle failed")
+            self._forget_changed()
+            for op in ops:
+                _fail(op, Unavailable(f"the host failed: {type(exc).__name__}; retry"))
         except BaseException as exc:
             self.breaker.outcome(ticket, exc)
             raise
@@ -520,11 +526,13 @@ class EntityHost:
             except Exception as exc:  # whatever failed the commit, nothing of the cycle stands
                 self.breaker.outcome(ticket, exc)
                 log.exception("cycle commit failed")
-                # Memory ran ahead of the database: rebuild every touched entity. Every
-                # message is answered, refusals too: they were decided on that memory.
+                # Memory ran ahead of the database: rebuild every entity the cycle changed
+                # (the others still hold what was committed, and can answer reads while
+                # PostgreSQL is away). Every message is answered, refusals too: they were
+                # decided on that memory.
+                self._forget_changed()
                 failed = f"storage failed: {type(exc).__name__}; retry"
                 for op in ops:
-                    self.entities.pop(op.entity_id, None)
                     _fail(op, Unavailable(failed))
                 return
 
@@ -548,6 +556,10 @@ class EntityHost:
         if deferred:
             self.queue[:0] = deferred
             self.wake.set()
+
+    def _forget_changed(self) -> None:
+        for entity_id in self.changed:
+            self.entities.pop(entity_id, None)
 
     async def _answer_after(self, finishing: Awaitable[None], answered: list) -> None:
         try:

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from .host import EntityHost
 
 State = TypeVar("State")
-# `EntityKind.read`'s answer for a message that is not a pure read.
-NOT_A_READ: Any = object()
 Kind = TypeVar("Kind", bound="type[EntityKind[Any]]")
 
 
@@ -108,10 +106,11 @@ class EntityKind(Generic[State]):
         raise NotImplementedError
 
     def read(self, state: State, message: Any) -> Any:
-        """Answer `message` from `state` alone if it only reads, else `NOT_A_READ`. The
-        host does so while PostgreSQL is unavailable, for entities whose memory is what
-        was committed (none of the cycle under way)."""
-        return NOT_A_READ
+        """Answer `message` from `state` alone if it only reads, else None (not a
+        sentinel object: Ray ships the host's class by value, so it would not be the
+        kind's). The host does so while PostgreSQL is unavailable, for entities whose
+        memory is what was committed (none the cycle under way has changed)."""
+        return None
 
     def can_passivate(self, state: State) -> bool:
         return True

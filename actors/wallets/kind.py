@@ -35,7 +35,6 @@ from actors.errors import (
 from actors.money import format_amount
 from actors.pubsub import get_publisher
 from actors.runtime import (
-    NOT_A_READ,
     Cycle,
     EntityKind,
     Fence,
@@ -152,7 +151,7 @@ class WalletKind(EntityKind[Wallet]):
 
     def read(self, w: Wallet, message: Any) -> Any:
         # Reservations past their time-out still count as reserved until a cycle expires them.
-        return w.balance() if isinstance(message, GetBalance) else NOT_A_READ
+        return w.balance() if isinstance(message, GetBalance) else None
 
     def apply(self, w: Wallet, message: Any, cycle: Cycle, op: Op) -> Balance:
         validate(message)  # again here: a message may reach the host without the client
