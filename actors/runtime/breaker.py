@@ -116,7 +116,8 @@ class Breaker:
             self._in_flight[ticket] = self.clock()
 
     def succeeded(self, ticket: int) -> None:
-        self._in_flight.pop(ticket, None)
+        if self._in_flight.pop(ticket, None) is None:
+            return  # its outcome was counted already
         if self._state != CLOSED:
             self._state = CLOSED
             self._open_for = self.settings.open_s
@@ -125,13 +126,15 @@ class Breaker:
 
     def failed(self, ticket: int) -> None:
         started = self._in_flight.pop(ticket, None)
+        if started is None:
+            return  # its outcome was counted already
         probe = self._state == HALF_OPEN
         self._failures += 1
         if probe:
             self._open(backoff=True)
         elif self._state == CLOSED and (
             self._failures >= self.settings.failures
-            or (started is not None and self.clock() - started > self.settings.slow_s)
+            or self.clock() - started > self.settings.slow_s
         ):
             self._open(backoff=False)
 

@@ -434,6 +434,9 @@ class EntityHost:
         self.running = ops
         try:
             await self._run_admitted(ops, fence, now, ticket)
+            # Only now: giving the connection back (asyncpg resets it) waits on PostgreSQL
+            # too. A no-op if the commit's failure was counted already.
+            self.breaker.succeeded(ticket)
         except Exception as exc:  # PostgreSQL failed it (a load, a prepare), or a bug did
             self.breaker.outcome(ticket, exc)
             log.exception("cycle failed")
@@ -498,14 +501,12 @@ class EntityHost:
                     await self.kind.commit(
                         conn, cycle, Fence(self.kind_name, self.index, self.incarnation, fence)
                     )
-                self.breaker.succeeded(ticket)
                 committed = time.perf_counter() - t3
                 phases["commit"] += committed
                 self.commit_seconds[bisect.bisect_left(COMMIT_SECONDS_BOUNDS, committed)] += 1
             except Fenced:
                 # A shard of the cycle moved, or a newer process is this host: nothing of
                 # the cycle stands, and its callers go to the owner the directory names.
-                self.breaker.succeeded(ticket)  # PostgreSQL answered
                 self.fenced_cycles += 1
                 log.warning("%s host %d: cycle refused, not the owner", self.kind_name, self.index)
                 for op in ops:
@@ -516,7 +517,6 @@ class EntityHost:
             except RetryCycle:
                 # Memory acted on a guess the database refused (e.g. a reference id
                 # used before this activation): rebuild and rerun the cycle carefully.
-                self.breaker.succeeded(ticket)
                 for op in ops:
                     self.entities.pop(op.entity_id, None)
                 self.kind.careful = True
