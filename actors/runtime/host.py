@@ -36,7 +36,7 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .breaker import HALF_OPEN, OPEN, Breaker, CircuitOpen
+from .breaker import OPEN, Breaker, CircuitOpen
 from .commit import Fence, Fenced, RetryCycle
 from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
@@ -232,32 +232,38 @@ class EntityHost:
         return outcomes
 
     def _admissible(self, ops: list[Op]) -> list[Op]:
-        """The ops that go on to a cycle. While the cluster stops, none; while the
-        breaker is not closed, reads of entities in memory (and not in the cycle under
-        way) are answered from it, and the rest refused at once, except in half-open
-        state, when the next cycle is the probe."""
+        """The ops that go on to a cycle. A read of an entity in memory is answered from
+        it at once, with no cycle and no PostgreSQL, unless a message sent to the entity
+        before it is still queued (arrival order) or the cycle under way changed it
+        (its memory may be ahead of PostgreSQL). While the breaker is open, the rest are
+        refused at once; half-open, they go on and the next cycle is the probe. While the
+        cluster stops, nothing is admitted."""
         if self.draining:
             for op in ops:
                 _fail(op, Unavailable("the host is shutting down; retry"))
             return []
-        if self.breaker.healthy():
-            return ops
-        probe = self.breaker.state == HALF_OPEN
-        pending = []
+        refuse = self.breaker.state == OPEN
+        pending: list[Op] = []
+        waiting: set[str] | None = None  # entities with messages queued before these
         for op in ops:
             entry = self.entities.get(op.entity_id)
             if entry is not None and op.entity_id not in self.changed:
                 answer = self.kind.read(entry.state, op.message)
                 if answer is not None:
-                    entry.last_used = int(time.monotonic())
-                    if not op.future.done():
-                        op.future.set_result(answer)
-                    continue
-            if probe:
-                pending.append(op)
-            else:
+                    if waiting is None:
+                        waiting = {q.entity_id for q in self.queue}
+                    if op.entity_id not in waiting:
+                        entry.last_used = int(time.monotonic())
+                        if not op.future.done():
+                            op.future.set_result(answer)
+                        continue
+            if refuse:
                 self.breaker.refused += 1
                 _fail(op, CircuitOpen("PostgreSQL is unavailable; retry shortly"))
+                continue
+            pending.append(op)
+            if waiting is not None:
+                waiting.add(op.entity_id)
         return pending
 
     async def query(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
@@ -599,7 +605,8 @@ class EntityHost:
                 if not op.future.done():
                     op.future.set_exception(Unavailable(HUNG))
             if self.queue:
-                self.queue = self._admissible(self.queue)
+                queued, self.queue = self.queue, []
+                self.queue = self._admissible(queued)
 
     def _passivate(self, cutoff: int | None) -> int:
         busy = {op.entity_id for op in self.queue}

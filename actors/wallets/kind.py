@@ -150,8 +150,12 @@ class WalletKind(EntityKind[Wallet]):
             )
 
     def read(self, w: Wallet, message: Any) -> Any:
-        # Reservations past their time-out still count as reserved until a cycle expires them.
-        return w.balance() if isinstance(message, GetBalance) else None
+        if not isinstance(message, GetBalance):
+            return None
+        now = time.time()
+        if w.pending and any(exp is not None and exp <= now for _, exp in w.pending.values()):
+            return None  # a reservation is due to expire: a cycle expires it first
+        return w.balance()
 
     def apply(self, w: Wallet, message: Any, cycle: Cycle, op: Op) -> Balance:
         validate(message)  # again here: a message may reach the host without the client
