@@ -112,3 +112,28 @@ def test_guard_counts_a_cancelled_call_only_if_it_had_hung() -> None:
     assert b.snapshot()["failures"] == 0 and b.state == CLOSED
     asyncio.run(cancelled_after(3.0))
     assert b.state == OPEN  # a hang that long opens it at once
+
+
+def test_with_a_ping_a_slow_call_is_a_hang_only_once_postgres_is_silent() -> None:
+    """A host's cycle stuck on a lock (PostgreSQL answers pings) is no hang; one on a
+    stopped server (the ping goes unanswered) is."""
+
+    async def watched(ping) -> str:
+        clock = Clock()
+        b = Breaker("host", BreakerSettings(slow_s=2.0), clock, ping=ping)
+        b.admit()
+        clock.now += 3.0
+        assert b.state == CLOSED  # suspicious, not yet confirmed
+        watcher = asyncio.ensure_future(b.watch(0.01))
+        await asyncio.sleep(1.3)  # past one ping's time-out
+        watcher.cancel()
+        return b.state
+
+    async def answers() -> None:
+        return None
+
+    async def silent() -> None:
+        await asyncio.Event().wait()
+
+    assert asyncio.run(watched(answers)) == CLOSED
+    assert asyncio.run(watched(silent)) == OPEN

@@ -11,7 +11,13 @@ opens it again for twice as long (exponential backoff with jitter, up to
 came back is found within `max_open_s` of its return.
 
 Only failures of the database itself count: a statement PostgreSQL refused (a
-constraint, a serialization failure) is an answer, and so a success here.
+constraint, a serialization failure) is an answer, and so a success here. A statement
+that is merely slow (waiting for a lock) is no hang while PostgreSQL answers anything
+else: a hang is a call in flight past `slow_s` with no answer from PostgreSQL for as
+long. A process whose calls are few or serial (a host: one cycle at a time) gives a
+`ping` (a fresh connection's `select 1`), and then a hang counts only once a ping has
+gone unanswered (`watch`), so a lock, or the process itself being paused, is not taken
+for one.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,6 +49,10 @@ OUTAGES: tuple[type[BaseException], ...] = (
 )
 
 
+# How long a ping may take before PostgreSQL counts as silent.
+PING_TIMEOUT_S = 1.0
+
+
 class CircuitOpen(Unavailable):
     """The database is known to be down: refused at once, nothing was tried."""
 
@@ -57,8 +67,14 @@ class Breaker:
         name: str,
         settings: BreakerSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
+        self.ping = ping
+        # When PostgreSQL last answered anything; without a ping, silence is presumed
+        # once a call is slow, with one only once a ping went unanswered.
+        self._last_answer = clock()
+        self._silent = ping is None
         self.settings = settings or BreakerSettings.from_env()
         self.clock = clock
         self._state = CLOSED
@@ -84,11 +100,40 @@ class Breaker:
         """Closed and nothing hung: the database answers."""
         return self.state == CLOSED
 
-    def _hung(self) -> bool:
+    def _suspect(self) -> bool:
+        """A call is slow and PostgreSQL has answered nothing for as long."""
         if not self._in_flight:
             return False
+        now, slow = self.clock(), self.settings.slow_s
         oldest = next(iter(self._in_flight.values()))
-        return self.clock() - oldest > self.settings.slow_s
+        return now - oldest > slow and now - self._last_answer > slow
+
+    def _hung(self) -> bool:
+        return self._suspect() and (self.ping is None or self._silent)
+
+    def alive(self) -> None:
+        """PostgreSQL answered something (a call, a ping)."""
+        self._last_answer = self.clock()
+        if self.ping is not None:
+            self._silent = False
+
+    async def watch(self, interval_s: float) -> None:
+        """Ping PostgreSQL whenever a call looks hung (see the module's docstring)."""
+        assert self.ping is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self._suspect():
+                continue
+            task = asyncio.ensure_future(self.ping())
+            # Not wait_for: cancelling a hung connection attempt waits on PostgreSQL.
+            await asyncio.wait({task}, timeout=PING_TIMEOUT_S)
+            if task.done() and task.exception() is None:
+                self.alive()
+            else:
+                self._silent = True
+                if not task.done():
+                    task.cancel()
+                task.add_done_callback(_retrieve)
 
     def admit(self) -> int:
         """A ticket for one call, or `CircuitOpen`. Hand the ticket to `succeeded` or
@@ -118,6 +163,7 @@ class Breaker:
     def succeeded(self, ticket: int) -> None:
         if self._in_flight.pop(ticket, None) is None:
             return  # its outcome was counted already
+        self.alive()
         if self._state != CLOSED:
             self._state = CLOSED
             self._open_for = self.settings.open_s
@@ -134,9 +180,13 @@ class Breaker:
             self._open(backoff=True)
         elif self._state == CLOSED and (
             self._failures >= self.settings.failures
-            or self.clock() - started > self.settings.slow_s
+            # A call that hung until it failed, with PostgreSQL silent meanwhile.
+            or (self.clock() - started > self.settings.slow_s and self._hung_since(started))
         ):
             self._open(backoff=False)
+
+    def _hung_since(self, started: float) -> bool:
+        return self._last_answer <= started and (self.ping is None or self._silent)
 
     def _open(self, *, backoff: bool) -> None:
         if backoff:
@@ -210,3 +260,8 @@ class GuardedPool:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved

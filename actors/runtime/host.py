@@ -36,7 +36,7 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .breaker import OPEN, Breaker, CircuitOpen
+from .breaker import OPEN, PING_TIMEOUT_S, Breaker, CircuitOpen
 from .commit import Fence, Fenced, RetryCycle
 from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
@@ -108,7 +108,7 @@ class EntityHost:
         # In front of PostgreSQL: while it is down or hung, messages are refused at once
         # (reads of entities in memory are answered from it) instead of queueing up
         # behind a cycle that cannot commit.
-        self.breaker = Breaker(f"{kind.name}-host-{index}", settings.breaker)
+        self.breaker = Breaker(f"{kind.name}-host-{index}", settings.breaker, ping=self._ping)
         # The messages of the cycle under way, and the entities it has changed so far:
         # their memory may be ahead of PostgreSQL until it commits.
         self.running: list[Op] = []
@@ -162,6 +162,7 @@ class EntityHost:
         asyncio.ensure_future(self._cycles())
         asyncio.ensure_future(self._housekeeping())
         asyncio.ensure_future(self._shed_when_hung())
+        asyncio.ensure_future(self.breaker.watch(SHED_INTERVAL_S))
 
     # -- the Ray API -------------------------------------------------------------
 
@@ -589,6 +590,15 @@ class EntityHost:
                 last_passivation = time.monotonic()
                 async with self.cycle_lock:
                     self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
+
+    async def _ping(self) -> None:
+        """Is PostgreSQL there? On a connection of its own: a cycle stuck on a lock may
+        hold one of the pool's, and the pool's may all be taken."""
+        conn = await asyncpg.connect(self.dsn, timeout=PING_TIMEOUT_S)
+        try:
+            await conn.fetchval("select 1", timeout=PING_TIMEOUT_S)
+        finally:
+            conn.terminate()
 
     async def _shed_when_hung(self) -> None:
         """Once the breaker sees a cycle hang on PostgreSQL, its callers are not kept
