@@ -32,6 +32,7 @@ _UNAVAILABLE = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-statement when the server went
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     ray.exceptions.RayActorError,

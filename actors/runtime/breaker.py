@@ -44,6 +44,7 @@ OUTAGES: tuple[type[BaseException], ...] = (
     TimeoutError,  # a connect or a statement past its time-out (asyncio.TimeoutError)
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # the connection was closed under the statement
+    asyncpg.InternalClientError,  # a connection left mid-statement when the server went
     asyncpg.OperatorInterventionError,  # shutting down, cannot connect now
     asyncpg.InsufficientResourcesError,  # too many connections, disk full
 )
