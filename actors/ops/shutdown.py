@@ -71,9 +71,10 @@ def tell_replicas_to_drain(namespace: str, timeout_s: float = 10.0) -> bool:
     return True
 
 
-def stop_gracefully(namespace: str, drain_timeout_s: float) -> dict[str, int]:
+def stop_gracefully(namespace: str, drain_timeout_s: float | None) -> dict[str, int]:
     """Inside `ray.init`: drain the replicas' sockets, shut Serve down (it waits for
-    the requests in flight), then drain the hosts; returns `drain_hosts`'s answer."""
+    the requests in flight), then drain the hosts, unless `drain_timeout_s` is None
+    (they keep running: Ray is not being stopped); returns `drain_hosts`'s answer."""
     tell_replicas_to_drain(namespace)
     serve.shutdown()
-    return drain_hosts(namespace, drain_timeout_s)
+    return {} if drain_timeout_s is None else drain_hosts(namespace, drain_timeout_s)
