@@ -72,6 +72,10 @@ def build(env: dict[str, str] | None = None, replicas: int | None = None) -> Any
         # A WebSocket is an ongoing request for its whole life: the default (5) would cap
         # a replica at five sockets.
         max_ongoing_requests=settings.max_ongoing_requests,
+        # A stopping replica finishes its requests in flight first (polled every half
+        # second); its sockets were told to reconnect when the stop began (`make down`).
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_s,
+        graceful_shutdown_wait_loop_s=0.5,
         ray_actor_options=options,
         # JSON lines, each with the request id Serve assigned (the hosts log it too).
         logging_config={"enable_access_log": settings.access_log, "encoding": "JSON"},

@@ -17,7 +17,7 @@ from .lane import BetLane
 from .middleware import BodyLimit, Deadline, RequestMetrics
 from .page import add_page_routes
 from .realtime.hub import Hub
-from .realtime.sockets import serve_socket
+from .realtime.sockets import CLOSE_RESTART, serve_socket
 from .request_ids import RequestIds
 from .routes import accounts, betting, payments, series
 from .schemas import HealthOut
@@ -33,6 +33,7 @@ def create_app(ctx: Context) -> FastAPI:
     )
     app.state.ctx = ctx
     hub = Hub(ctx.subscriber, ctx.metrics, ctx.settings.currency)
+    ctx.on_drain.append(lambda: hub.close_all(CLOSE_RESTART))
     add_error_handlers(app)
     app.include_router(accounts.router)
     app.include_router(betting.router)

@@ -102,6 +102,11 @@ def _host_families(stats: list[tuple[str, str, dict[str, Any] | None]]) -> list[
                                              "cycles refused at commit: the shard had moved",
                                              labels=labels),
     }
+    breaker_open = GaugeMetricFamily(
+        "lootify_host_breaker_open", "1 while the host's PostgreSQL breaker is not closed",
+        labels=labels)
+    breaker_refused = CounterMetricFamily(
+        "lootify_host_breaker_refused", "messages refused by the open breaker", labels=labels)
     sizes = HistogramMetricFamily("lootify_host_cycle_size", "messages per commit cycle",
                                   labels=labels)
     commits = HistogramMetricFamily("lootify_host_commit_seconds",
@@ -114,6 +119,8 @@ def _host_families(stats: list[tuple[str, str, dict[str, Any] | None]]) -> list[
             gauge.add_metric([kind, host], figures[key])
         for key, counter in counters.items():
             counter.add_metric([kind, host], figures[key])
+        breaker_open.add_metric([kind, host], figures["breaker"]["state"] != "closed")
+        breaker_refused.add_metric([kind, host], figures["breaker"]["refused"])
         for histogram, key, total in (
             (sizes, "cycle_sizes", figures["ops"]),
             (commits, "commit_seconds", figures["phase_seconds"]["commit"]),
@@ -124,7 +131,8 @@ def _host_families(stats: list[tuple[str, str, dict[str, Any] | None]]) -> list[
                 cumulative += count
                 buckets.append((bound, cumulative))
             histogram.add_metric([kind, host], buckets, total)
-    return [up, *gauges.values(), *counters.values(), sizes, commits]
+    return [up, *gauges.values(), *counters.values(), breaker_open, breaker_refused, sizes,
+            commits]
 
 
 async def _host_stats(ctx: Context) -> list[tuple[str, str, dict[str, Any] | None]]:

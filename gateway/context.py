@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from actors.client import AsyncLootify, Settings
 from actors.errors import Unavailable
+from actors.ops.shutdown import DRAIN_TOPIC
 from actors.pubsub import Subscriber, get_publisher
+from actors.runtime import Breaker, BreakerSettings, GuardedPool
 from actors.settings import service_dsn
 
 from . import idempotency, ratelimit
@@ -30,6 +33,8 @@ from .payments.sandbox import SandboxProvider
 from .ratelimit import RateLimiter
 from .settings import GatewaySettings
 
+CONNECT_TIMEOUT_S = 3.0
+
 # Under "ray.serve", so Serve writes it to the replica's log file.
 log = logging.getLogger("ray.serve").getChild(__name__)
 
@@ -40,7 +45,10 @@ class Context:
         self.cluster_settings = Settings()
         self.metrics = Metrics()
         self.cluster_metrics = ClusterMetrics(self)
-        self.pool: asyncpg.Pool | None = None
+        self.pool: GuardedPool | None = None
+        # In front of the replica's PostgreSQL pool: while PostgreSQL is down or hung,
+        # what needs it answers 503 at once instead of each waiting out a time-out.
+        self.breaker = Breaker("gateway", BreakerSettings.from_env())
         self.limiter: RateLimiter | None = None
         self.subscriber = Subscriber(self.cluster_settings.namespace)
         self.publisher = get_publisher(self.cluster_settings.namespace)
@@ -50,14 +58,22 @@ class Context:
         self._purging: asyncio.Task | None = None
         # Only in provider mode; direct mode moves money at once, as before.
         self.payments: PaymentDesk | None = None
+        # Set when the cluster is stopping (`DRAIN_TOPIC`): the realtime layer closes its
+        # sockets (`on_drain`) and takes no new ones.
+        self.draining = False
+        self.on_drain: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         # min_size=0: no connection is made here, so the replica starts without the database.
-        self.pool = await asyncpg.create_pool(
-            service_dsn("users"), min_size=0, max_size=self.settings.pool_size, command_timeout=10
+        # `timeout` bounds opening a connection (asyncpg's default is 60 s).
+        pool = await asyncpg.create_pool(
+            service_dsn("users"), min_size=0, max_size=self.settings.pool_size,
+            command_timeout=10, timeout=CONNECT_TIMEOUT_S,
         )
+        self.pool = GuardedPool(pool, self.breaker)
         self.limiter = RateLimiter(self.pool, self.settings.rate_limits)
         self.subscriber.callbacks.setdefault("event:*", set()).add(self.odds_cache.on_event)
+        self.subscriber.callbacks.setdefault(DRAIN_TOPIC, set()).add(self._drain)
         self.subscriber.on_resync.append(self.odds_cache.schedule_reload)
         self.subscriber.start()
         self.odds_cache.start()
@@ -69,6 +85,10 @@ class Context:
         self.metrics.gauge_callback(
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
             lambda: 1.0 if self.subscriber.healthy else 0.0,
+        )
+        self.metrics.gauge_callback(
+            "lootify_breaker_open", "1 while this replica's PostgreSQL breaker is not closed",
+            lambda: 0.0 if self.breaker.healthy() else 1.0,
         )
 
     def _payment_desk(self) -> PaymentDesk:
@@ -91,6 +111,12 @@ class Context:
                 await ratelimit.purge_expired(pool)
             except Exception as exc:  # the database may be down: try again next time
                 log.warning("purging expired rows failed: %r", exc)
+
+    def _drain(self, topic: str, event: str, payload: Any) -> None:
+        log.info("draining: the cluster is stopping")
+        self.draining = True
+        for hook in self.on_drain:
+            hook()
 
     async def close(self) -> None:
         if self._purging is not None:
@@ -118,7 +144,7 @@ class Context:
                     raise Unavailable("the entity hosts are not reachable; retry") from exc
         return self._aio
 
-    def db(self) -> asyncpg.Pool:
+    def db(self) -> GuardedPool:
         assert self.pool is not None, "Context.start() was not awaited"
         return self.pool
 

@@ -55,6 +55,7 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
     the scheduler are."""
 
     async def pg() -> Any:
+        # Through the breaker: open, it answers at once; half-open, this may be its probe.
         async with ctx.db().acquire(timeout=CHECK_TIMEOUT_S) as c:
             return await c.fetchval("select 1", timeout=CHECK_TIMEOUT_S)
 
@@ -81,7 +82,8 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
         )
     )
     checks: dict[str, Any] = {
-        "postgres": {"status": "ok" if pg_ok else "error", "latency_ms": round(pg_ms, 2)}
+        "postgres": {"status": "ok" if pg_ok else "error", "latency_ms": round(pg_ms, 2),
+                     "breaker": ctx.breaker.state}
         | ({} if pg_ok else {"error": pg_val}),
         "pubsub": {"status": "ok" if ps_ok and ctx.subscriber.healthy else "error",
                    "latency_ms": round(ps_ms, 2)}
@@ -103,6 +105,7 @@ async def check_health(ctx: Context) -> tuple[str, dict[str, Any]]:
                 "status": "ok" if len(up) == len(results) else ("degraded" if up else "error"),
                 "up": len(up), "total": len(results),
                 "entities": sum(v["entities"] for v in up),
+                "breakers_open": sum(v["breaker"]["state"] != "closed" for v in up),
             }
             unhealthy = unhealthy or not up
             degraded = degraded or len(up) < len(results)

@@ -145,6 +145,10 @@ class GatewaySettings:
     ws_queue_max: int = 1000
     # The deployment
     max_ongoing_requests: int = 10_000
+    # A stopping replica waits this long for its requests in flight (Serve's
+    # graceful_shutdown_timeout_s): past the request deadline and, behind HAProxy,
+    # Serve's draining period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, 10 s).
+    graceful_shutdown_s: float = 20.0
     replicas: int = 1  # on each node of the cluster (`gateway.every_node`)
     http_port: int = 8000
     # Serve's log line per request in each replica: the ingress (HAProxy) logs every
@@ -180,6 +184,8 @@ class GatewaySettings:
             ws_queue_max=int(env.get("LOOTIFY_WS_QUEUE_MAX", cls.ws_queue_max)),
             max_ongoing_requests=int(env.get("LOOTIFY_MAX_ONGOING_REQUESTS",
                                              cls.max_ongoing_requests)),
+            graceful_shutdown_s=float(env.get("LOOTIFY_GRACEFUL_SHUTDOWN_S",
+                                              cls.graceful_shutdown_s)),
             replicas=int(env.get("LOOTIFY_REPLICAS", cls.replicas)),
             http_port=int(env.get("LOOTIFY_HTTP_PORT", cls.http_port)),
             access_log=env.get("LOOTIFY_ACCESS_LOG", "off") == "on",

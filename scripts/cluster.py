@@ -435,20 +435,28 @@ def up() -> int:
 # ---------------------------------------------------------------- down
 
 
-def _serve_shutdown(address: str) -> None:
+def _serve_shutdown(address: str, drain_hosts: bool) -> None:
+    """Stop gracefully (`actors.ops.shutdown`): sockets told to reconnect, Serve's
+    requests in flight finished, then, when the hosts are to stop too, every host's
+    queue and cycles committed (a drained host admits nothing more)."""
     code = (
         "import sys, ray\n"
-        "from ray import serve\n"
+        "from actors.ops.shutdown import stop_gracefully\n"
+        "from actors.runtime import RuntimeSettings\n"
         "ray.init(address=sys.argv[1], namespace=sys.argv[2], logging_level='ERROR',"
         " log_to_driver=False)\n"
-        "serve.shutdown()\n"
+        "drain = RuntimeSettings().drain_timeout_s if sys.argv[3] == 'drain' else None\n"
+        "left = stop_gracefully(sys.argv[2], drain)\n"
+        "if any(left.values()):\n"
+        "    print(f'hosts left messages unanswered: {left}', file=sys.stderr)\n"
         "ray.shutdown()\n"
     )
     env = dict(os.environ)
     env.update(_serve_env())
     try:
         rc = subprocess.call(
-            [sys.executable, "-c", code, address, Settings().namespace],
+            [sys.executable, "-c", code, address, Settings().namespace,
+             "drain" if drain_hosts else "keep"],
             env=env,
             timeout=90,
             stdin=subprocess.DEVNULL,
@@ -465,11 +473,11 @@ def down() -> int:
         external = os.environ.get("RAY_ADDRESS")
         if external:
             log(f"RAY_ADDRESS is set: shutting Serve down on {external}, leaving Ray running")
-            _serve_shutdown(external)
+            _serve_shutdown(external, drain_hosts=False)
         elif ray_processes():
             if ray_head_running():
-                log("shutting Serve down")
-                _serve_shutdown(ray_address())
+                log("shutting Serve down, then draining the hosts")
+                _serve_shutdown(ray_address(), drain_hosts=True)
             procs = ray_processes()
             log(f"stopping {len(procs)} Ray process(es) of ours")
             stuck = _terminate(procs)

@@ -155,6 +155,9 @@ class MarketKind(EntityKind[Market]):
             ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
             self.stored_bets = await stored_bets(conn, ids)
 
+    def read(self, m: Market, msg: Any) -> Any:
+        return m.view() if isinstance(msg, GetMarket) and m.event_id is not None else None
+
     def apply(self, m: Market, msg: Any, cycle: Cycle, op: Op) -> Any:
         if isinstance(msg, CreateMarket):
             return self._create(m, msg, cycle)

@@ -5,6 +5,7 @@ It knows no domain: kinds of entity subclass `EntityKind` and `register_kind`
 themselves; callers reach them through a `Router`.
 """
 
+from .breaker import Breaker, CircuitOpen, GuardedPool
 from .commit import (
     HOLD_EPOCHS_SQL,
     Fence,
@@ -24,11 +25,15 @@ from .ids import canonical_id, new_id, random_uuids, shard_of
 from .kind import Cycle, EntityKind, Op, kind_named, register_kind
 from .liveness import is_actor_down
 from .router import Router, connect_router
-from .settings import KindSettings, RuntimeSettings
+from .settings import BreakerSettings, KindSettings, RuntimeSettings
 from .wire import wire_type
 
 __all__ = [
     "HOLD_EPOCHS_SQL",
+    "Breaker",
+    "BreakerSettings",
+    "CircuitOpen",
+    "GuardedPool",
     "Fence",
     "Fenced",
     "commit_checks",

@@ -36,6 +36,7 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .breaker import OPEN, PING_TIMEOUT_S, Breaker, CircuitOpen
 from .commit import Fence, Fenced, RetryCycle
 from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 # Upper bounds of the buckets of the hosts' histograms (exported by the gateway).
 CYCLE_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Opening a connection: asyncpg's default (60 s) would hold a cycle through a hang.
+CONNECT_TIMEOUT_S = 5.0
+# How often a host looks for messages waiting on a hung cycle.
+SHED_INTERVAL_S = 0.1
+HUNG = "PostgreSQL is not answering; retry (by reference id) to learn the outcome"
+# How often a draining host looks whether its queue and cycles are done.
+DRAIN_POLL_S = 0.02
 
 
 class Entry:
@@ -97,6 +105,16 @@ class EntityHost:
         # an entity a cycle is working on.
         self.cycle_lock = asyncio.Lock()
         self.pool: asyncpg.Pool | None = None
+        # In front of PostgreSQL: while it is down or hung, messages are refused at once
+        # (reads of entities in memory are answered from it) instead of queueing up
+        # behind a cycle that cannot commit.
+        self.breaker = Breaker(f"{kind.name}-host-{index}", settings.breaker, ping=self._ping)
+        # The messages of the cycle under way, and the entities it has changed so far:
+        # their memory may be ahead of PostgreSQL until it commits.
+        self.running: list[Op] = []
+        self.changed: set[str] = set()
+        # Set by `drain` (the cluster is stopping): nothing more is admitted.
+        self.draining = False
         # The shards this process owns, with the epoch of each (see `directory`), and
         # the incarnation of the host it is: both are checked inside every commit.
         self.owned: set[int] = set()
@@ -135,13 +153,16 @@ class EntityHost:
         # cycle, and with it every entity here. Past the call deadline its callers have
         # given up anyway; the cycle fails whole and they retry by reference id.
         self.pool = await asyncpg.create_pool(
-            self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s
+            self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s,
+            timeout=CONNECT_TIMEOUT_S,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             self.incarnation = await take_lease(conn, self.kind_name, self.index)
             self._own(await take_up_shards(conn, self.kind_name, self.index, self.incarnation))
         asyncio.ensure_future(self._cycles())
         asyncio.ensure_future(self._housekeeping())
+        asyncio.ensure_future(self._shed_when_hung())
+        asyncio.ensure_future(self.breaker.watch(SHED_INTERVAL_S))
 
     # -- the Ray API -------------------------------------------------------------
 
@@ -187,13 +208,17 @@ class EntityHost:
             for (entity_id, message), owned in zip(batch, here, strict=True)
             if owned
         ]
-        try:
-            await self.kind.admit(ops)
-        except Exception:
-            log.exception("admission failed")
-            return [(False, Unavailable("the host could not admit the batch; retry"))] * len(batch)
-        self.queue.extend(ops)
-        self.wake.set()
+        pending = self._admissible(ops)
+        if pending:
+            try:
+                await self.kind.admit(pending)
+            except Exception:
+                log.exception("admission failed")
+                return [(False, Unavailable("the host could not admit the batch; retry"))] * len(
+                    batch
+                )
+            self.queue.extend(pending)
+            self.wake.set()
         outcomes: list[tuple[bool, Any]] = []
         admitted = iter(ops)
         for (entity_id, _), owned in zip(batch, here, strict=True):
@@ -207,10 +232,46 @@ class EntityHost:
                 outcomes.append((False, exc))
         return outcomes
 
+    def _admissible(self, ops: list[Op]) -> list[Op]:
+        """The ops that go on to a cycle. A read of an entity in memory is answered from
+        it at once, with no cycle and no PostgreSQL, unless a message sent to the entity
+        before it is still queued (arrival order) or the cycle under way changed it
+        (its memory may be ahead of PostgreSQL). While the breaker is open, the rest are
+        refused at once; half-open, they go on and the next cycle is the probe. While the
+        cluster stops, nothing is admitted."""
+        if self.draining:
+            for op in ops:
+                _fail(op, Unavailable("the host is shutting down; retry"))
+            return []
+        refuse = self.breaker.state == OPEN
+        pending: list[Op] = []
+        waiting: set[str] | None = None  # entities with messages queued before these
+        for op in ops:
+            entry = self.entities.get(op.entity_id)
+            if entry is not None and op.entity_id not in self.changed:
+                answer = self.kind.read(entry.state, op.message)
+                if answer is not None:
+                    if waiting is None:
+                        waiting = {q.entity_id for q in self.queue}
+                    if op.entity_id not in waiting:
+                        entry.last_used = int(time.monotonic())
+                        if not op.future.done():
+                            op.future.set_result(answer)
+                        continue
+            if refuse:
+                self.breaker.refused += 1
+                _fail(op, CircuitOpen("PostgreSQL is unavailable; retry shortly"))
+                continue
+            pending.append(op)
+            if waiting is not None:
+                waiting.add(op.entity_id)
+        return pending
+
     async def query(self, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
         """A read (or catalog write) that needs no entity; answered `(ok, result|error)`."""
         await self._ready()
         try:
+            self.breaker.check()
             return True, await self.kind.query(name, args)
         except LootifyError as exc:
             return False, exc
@@ -246,6 +307,21 @@ class EntityHost:
                 del self.entities[entity_id]
         self.passivations += len(leavers)
         return len(leavers)
+
+    async def drain(self) -> int:
+        """Stop for good (the cluster is shutting down): admit no more messages (they
+        are answered `Unavailable`), let those queued and the cycle in flight commit
+        and what follows them (money a saga is moving) finish, within
+        `drain_timeout_s`. Returns the messages left unanswered (0: all were)."""
+        await self._ready()
+        self.draining = True
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.queue or self.cycle_lock.locked() or self.finishing:
+            if time.monotonic() >= deadline:
+                break
+            self.wake.set()
+            await asyncio.sleep(DRAIN_POLL_S)
+        return len(self.queue) + sum(not op.future.done() for op in self.running)
 
     async def adopt(self) -> list[int]:
         """Take up whatever the directory gives this host now (after a hand-off to it,
@@ -299,6 +375,7 @@ class EntityHost:
             "activations": self.activations,
             "passivations": self.passivations,
             "shards_handed_off": self.shards_handed_off,
+            "breaker": self.breaker.snapshot(),
         }
 
     async def activated(self) -> list[str]:
@@ -337,8 +414,7 @@ class EntityHost:
                     log.exception("cycle failed")
                     for op in batch:  # memory may be ahead of the database: rebuild
                         self.entities.pop(op.entity_id, None)
-                        if not op.future.done():
-                            op.future.set_exception(Unavailable("the host failed; retry"))
+                        _fail(op, Unavailable("the host failed; retry"))
 
     async def _run_cycle(self, batch: list[Op]) -> None:
         now = int(time.monotonic())
@@ -350,12 +426,40 @@ class EntityHost:
             shard = shard_of(op.entity_id, self.settings.shards)
             epoch = self.epochs.get(shard)
             if epoch is None:
-                op.future.set_exception(WrongHost(f"{op.entity_id} is not hosted here"))
+                _fail(op, WrongHost(f"{op.entity_id} is not hosted here"))
             else:
                 fence[shard] = epoch
                 ops.append(op)
         if not ops:
             return
+        try:
+            ticket = self.breaker.admit()
+        except CircuitOpen as exc:  # nothing was applied: the entities stay as they are
+            for op in ops:
+                _fail(op, CircuitOpen(exc.message))
+            return
+        self.running = ops
+        try:
+            await self._run_admitted(ops, fence, now, ticket)
+            # Only now: giving the connection back (asyncpg resets it) waits on PostgreSQL
+            # too. A no-op if the commit's failure was counted already.
+            self.breaker.succeeded(ticket)
+        except Exception as exc:  # PostgreSQL failed it (a load, a prepare), or a bug did
+            self.breaker.outcome(ticket, exc)
+            log.exception("cycle failed")
+            self._forget_changed()
+            for op in ops:
+                _fail(op, Unavailable(f"the host failed: {type(exc).__name__}; retry"))
+        except BaseException as exc:
+            self.breaker.outcome(ticket, exc)
+            raise
+        finally:
+            self.running = []
+            self.changed = set()
+
+    async def _run_admitted(
+        self, ops: list[Op], fence: dict[int, int], now: int, ticket: int
+    ) -> None:
         assert self.pool is not None
         cycle = Cycle()
         phases = self.phase_seconds
@@ -385,15 +489,17 @@ class EntityHost:
                 mark = cycle.mark()
                 try:
                     answered.append((op, self.kind.apply(entry.state, op.message, cycle, op)))
+                    if cycle.mark() > mark:  # a handler changes nothing it does not write
+                        self.changed.add(op.entity_id)
                 except LootifyError as exc:
                     refused.append((op, exc))
                 except Exception as exc:
                     log.exception("entity %s crashed on %r", op.entity_id, op.message)
                     cycle.rollback(mark)
                     crashed.add(op.entity_id)
-                    op.future.set_exception(
-                        EntityCrashed(f"{type(exc).__name__} in {self.kind_name} entity; rebuilt")
-                    )
+                    self.changed.add(op.entity_id)
+                    _fail(op, EntityCrashed(
+                        f"{type(exc).__name__} in {self.kind_name} entity; rebuilt"))
 
             t3 = time.perf_counter()
             phases["apply"] += t3 - t2
@@ -412,8 +518,7 @@ class EntityHost:
                 log.warning("%s host %d: cycle refused, not the owner", self.kind_name, self.index)
                 for op in ops:
                     self.entities.pop(op.entity_id, None)
-                    if not op.future.done():
-                        op.future.set_exception(WrongHost("the shard moved during the cycle"))
+                    _fail(op, WrongHost("the shard moved during the cycle"))
                 await self._reload_ownership()
                 return
             except RetryCycle:
@@ -426,16 +531,20 @@ class EntityHost:
                 self.wake.set()
                 return
             except Exception as exc:  # whatever failed the commit, nothing of the cycle stands
+                self.breaker.outcome(ticket, exc)
                 log.exception("cycle commit failed")
-                # Memory ran ahead of the database: rebuild every touched entity.
+                # Memory ran ahead of the database: rebuild every entity the cycle changed
+                # (the others still hold what was committed, and can answer reads while
+                # PostgreSQL is away). Every message is answered, refusals too: they were
+                # decided on that memory.
+                self._forget_changed()
+                failed = f"storage failed: {type(exc).__name__}; retry"
                 for op in ops:
-                    self.entities.pop(op.entity_id, None)
-                for op, _ in answered:
-                    op.future.set_exception(Unavailable(f"storage failed: {type(exc).__name__}"))
+                    _fail(op, Unavailable(failed))
                 return
 
         for op, error in refused:
-            op.future.set_exception(error)
+            _fail(op, error)
         for entity_id in crashed:
             self.entities.pop(entity_id, None)
         for hook in cycle.after_commit:
@@ -450,9 +559,14 @@ class EntityHost:
         self.cycles += 1
         self.ops_done += len(ops)
         self.cycle_sizes[bisect.bisect_left(CYCLE_SIZE_BOUNDS, len(ops))] += 1
+        deferred = [op for op in deferred if not op.future.done()]
         if deferred:
             self.queue[:0] = deferred
             self.wake.set()
+
+    def _forget_changed(self) -> None:
+        for entity_id in self.changed:
+            self.entities.pop(entity_id, None)
 
     async def _answer_after(self, finishing: Awaitable[None], answered: list) -> None:
         try:
@@ -466,6 +580,8 @@ class EntityHost:
         last_passivation = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            if not self.breaker.healthy():
+                continue  # PostgreSQL is down: housekeeping waits for it
             try:
                 await self.kind.tick()
             except Exception:
@@ -474,6 +590,33 @@ class EntityHost:
                 last_passivation = time.monotonic()
                 async with self.cycle_lock:
                     self._passivate(cutoff=int(time.monotonic() - self.settings.idle_seconds))
+
+    async def _ping(self) -> None:
+        """Is PostgreSQL there? On a connection of its own: a cycle stuck on a lock may
+        hold one of the pool's, and the pool's may all be taken."""
+        conn = await asyncpg.connect(self.dsn, timeout=PING_TIMEOUT_S)
+        try:
+            await conn.fetchval("select 1", timeout=PING_TIMEOUT_S)
+        finally:
+            conn.terminate()
+
+    async def _shed_when_hung(self) -> None:
+        """Once the breaker sees a cycle hang on PostgreSQL, its callers are not kept
+        waiting for it: its own messages are answered `Unavailable` (their outcome is
+        unknown until PostgreSQL answers; a retry by reference id learns it, as after a
+        caller's deadline), and those queued behind it as those arriving now are: reads
+        from memory, the rest refused. A caller's call to this host, and every message
+        the caller batches behind it, is then free again."""
+        while True:
+            await asyncio.sleep(SHED_INTERVAL_S)
+            if self.breaker.state != OPEN or not self.cycle_lock.locked():
+                continue
+            for op in self.running:
+                if not op.future.done():
+                    op.future.set_exception(Unavailable(HUNG))
+            if self.queue:
+                queued, self.queue = self.queue, []
+                self.queue = self._admissible(queued)
 
     def _passivate(self, cutoff: int | None) -> int:
         busy = {op.entity_id for op in self.queue}
@@ -510,12 +653,19 @@ def ignore_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _fail(op: Op, error: BaseException) -> None:
+    """Answer `op` with `error`, unless it was answered already (`Unavailable` when
+    its cycle hung)."""
+    if not op.future.done():
+        op.future.set_exception(error)
+
+
 def _answer(answered: list[tuple[Op, Any]]) -> None:
     for op, result in answered:
         if op.future.done():
             continue
         if op.error is not None:
-            op.future.set_exception(op.error)
+            _fail(op, op.error)
         else:
             op.future.set_result(result)
 

@@ -105,6 +105,13 @@ class EntityKind(Generic[State]):
         """Write the cycle inside the transaction `commit` opened."""
         raise NotImplementedError
 
+    def read(self, state: State, message: Any) -> Any:
+        """Answer `message` from `state` alone if it only reads, else None (not a
+        sentinel object: Ray ships the host's class by value, so it would not be the
+        kind's). The host does so while PostgreSQL is unavailable, for entities whose
+        memory is what was committed (none the cycle under way has changed)."""
+        return None
+
     def can_passivate(self, state: State) -> bool:
         return True
 

@@ -20,6 +20,28 @@ def env_float(name: str, default: float) -> float:
 
 
 @dataclass(frozen=True)
+class BreakerSettings:
+    """The circuit breaker in front of PostgreSQL (`actors.runtime.breaker`)."""
+
+    # Failures in a row that open the circuit.
+    failures: int = 3
+    # A statement in flight longer than this opens the circuit while it hangs.
+    slow_s: float = 2.0
+    # How long the circuit stays open before the first probe, and at most.
+    open_s: float = 0.5
+    max_open_s: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> BreakerSettings:
+        return cls(
+            failures=env_int("LOOTIFY_BREAKER_FAILURES", cls.failures),
+            slow_s=env_float("LOOTIFY_BREAKER_SLOW_S", cls.slow_s),
+            open_s=env_float("LOOTIFY_BREAKER_OPEN_S", cls.open_s),
+            max_open_s=env_float("LOOTIFY_BREAKER_MAX_OPEN_S", cls.max_open_s),
+        )
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     namespace: str = field(default_factory=lambda: os.environ.get("LOOTIFY_NAMESPACE", "lootify"))
     # Logical shards outnumber hosts so that hosts can be added by moving shards.
@@ -58,6 +80,11 @@ class RuntimeSettings:
     # than `slow_call_s`.
     log_level: str = field(default_factory=lambda: os.environ.get("LOOTIFY_LOG_LEVEL", "INFO"))
     slow_call_s: float = field(default_factory=lambda: env_float("LOOTIFY_SLOW_CALL_S", 1.0))
+    breaker: BreakerSettings = field(default_factory=lambda: BreakerSettings.from_env())
+    # A shutting-down host waits this long for its queue and cycle in flight to commit.
+    drain_timeout_s: float = field(
+        default_factory=lambda: env_float("LOOTIFY_DRAIN_TIMEOUT_S", 10.0)
+    )
 
 
 @dataclass(frozen=True)

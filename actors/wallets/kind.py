@@ -149,6 +149,14 @@ class WalletKind(EntityKind[Wallet]):
                 r["args"], r["kind"], r["available_after"], r["reserved_after"]
             )
 
+    def read(self, w: Wallet, message: Any) -> Any:
+        if not isinstance(message, GetBalance):
+            return None
+        now = time.time()
+        if w.pending and any(exp is not None and exp <= now for _, exp in w.pending.values()):
+            return None  # a reservation is due to expire: a cycle expires it first
+        return w.balance()
+
     def apply(self, w: Wallet, message: Any, cycle: Cycle, op: Op) -> Balance:
         validate(message)  # again here: a message may reach the host without the client
         self._expire_due(w, cycle)

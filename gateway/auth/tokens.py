@@ -10,6 +10,8 @@ reads, until the token's own expiry.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
 import tempfile
@@ -23,12 +25,18 @@ from typing import Protocol
 import asyncpg
 import jwt
 
+from actors.runtime.breaker import CircuitOpen, is_outage
 from actors.settings import DATA_DIR
 
 from ..errors import Unauthenticated
 from ..settings import TokenSettings
 
 ALGORITHM = "HS256"
+# How long a check waits for the deny-list's refresh: past it (PostgreSQL hung or down)
+# the token is checked against the copy this process has.
+REFRESH_WAIT_S = 1.0
+# Under "ray.serve", so Serve writes it to the replica's log file.
+log = logging.getLogger("ray.serve").getChild(__name__)
 DEFAULT_TTL_S = TokenSettings.ttl_s
 SECRET_FILE = "jwt_secret"
 ROLES = frozenset({"player", "operator", "admin"})
@@ -240,10 +248,35 @@ async def verify(
     claims = decode(token)
     cache = DEFAULT_CACHE if cache is None else cache
     if not cache.is_revoked(claims.jti) and cache.due():
-        await cache.refresh(pool)
+        await _refresh_within(cache, pool)
     if cache.is_revoked(claims.jti):
         raise Unauthenticated("token revoked")
     return claims
+
+
+async def _refresh_within(cache: RevocationCache, pool: asyncpg.Pool) -> None:
+    """Refresh the deny-list, waiting `REFRESH_WAIT_S` at most. With PostgreSQL
+    unavailable, tokens are checked against the copy this process has (no logout can be
+    stored meanwhile either), so reads that need no database still answer; the
+    refresh goes on and the next due check reads the feed again."""
+    task = asyncio.ensure_future(cache.refresh(pool))
+    # Not wait_for: cancelling a query on a hung PostgreSQL waits on PostgreSQL.
+    await asyncio.wait({task}, timeout=REFRESH_WAIT_S)
+    if not task.done():
+        task.add_done_callback(_log_outcome)
+        return
+    exc = task.exception()
+    if exc is None:
+        return
+    if isinstance(exc, CircuitOpen) or is_outage(exc):
+        log.warning("revocations not refreshed, checking the copy: %r", exc)
+        return
+    raise exc
+
+
+def _log_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("revocations not refreshed, checking the copy: %r", task.exception())
 
 
 async def revoke(

@@ -23,6 +23,8 @@ log = logging.getLogger("ray.serve").getChild(__name__)
 class Pushable(Protocol):
     def push(self, topic: str, event: str, payload: Any) -> None: ...
 
+    def close(self, code: int) -> None: ...
+
 
 class Hub:
     def __init__(self, subscriber: Subscriber, metrics: Metrics, currency: str) -> None:
@@ -30,6 +32,12 @@ class Hub:
         self.metrics = metrics
         self.currency = currency
         self.sockets: dict[str, set[Pushable]] = {}
+        self.connected: set[Pushable] = set()
+
+    def close_all(self, code: int) -> None:
+        """Close every socket of this replica with `code` (the cluster is stopping)."""
+        for sock in list(self.connected):
+            sock.close(code)
 
     async def join(self, topic: str, sock: Pushable) -> None:
         self.sockets.setdefault(topic, set()).add(sock)

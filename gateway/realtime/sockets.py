@@ -41,6 +41,9 @@ CLOSE_INVALID = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_OVERLOAD = 1013
+# "Service restart": the client reconnects (phoenix.js does on any close it did not ask
+# for), to another replica or once the cluster is back.
+CLOSE_RESTART = 1012
 
 
 async def token_of(ws: WebSocket) -> str | None:
@@ -53,6 +56,10 @@ async def token_of(ws: WebSocket) -> str | None:
 async def serve_socket(ws: WebSocket, ctx: Context, hub: Hub) -> None:
     """The whole life of one connection."""
     m = ctx.metrics
+    if ctx.draining:
+        m.ws_refused.labels("draining").inc()
+        await ws.close(code=CLOSE_RESTART)
+        return
     vsn = ws.query_params.get("vsn")
     if vsn is not None and not vsn.startswith("2."):
         m.ws_refused.labels("vsn").inc()
@@ -72,9 +79,11 @@ async def serve_socket(ws: WebSocket, ctx: Context, hub: Hub) -> None:
     await ws.accept(subprotocol=phoenix.select_subprotocol(ws.scope.get("subprotocols")))
     m.ws_connections.inc()
     sock = Socket(ws, ctx, hub, str(uuid.UUID(claims.user_id)))
+    hub.connected.add(sock)
     try:
         await sock.run()
     finally:
+        hub.connected.discard(sock)
         m.ws_connections.dec()
         await sock.session.close()
 
@@ -105,6 +114,10 @@ class Socket:
             log.warning("closing a socket that does not read (%d frames queued)",
                         self.out.maxsize)
             self._close(CLOSE_OVERLOAD)
+
+    def close(self, code: int) -> None:
+        """Close the socket with `code` once what is queued for it is dropped."""
+        self._close(code)
 
     def _close(self, code: int) -> None:
         if self.close_code is None:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
+from actors.runtime import Breaker
 from gateway.health import check_health
 
 
@@ -46,7 +47,7 @@ class _Pool:
 
 def _ctx(pg: bool = True, hosts: tuple[bool, ...] = (True, True), pubsub: bool = True,
          last_tick_s_ago: float | None = 0.5):
-    stats = {"entities": 3}
+    stats = {"entities": 3, "breaker": Breaker("wallets-host-0").snapshot()}
     handles = [SimpleNamespace(stats=_Remote(stats, None if up else RuntimeError("dead")))
                for up in hosts]
 
@@ -69,13 +70,16 @@ def _ctx(pg: bool = True, hosts: tuple[bool, ...] = (True, True), pubsub: bool =
         subscriber=SimpleNamespace(healthy=pubsub, _get_handle=lambda: SimpleNamespace(
             ping=ping)),
         odds_cache=SimpleNamespace(loaded=True, events={}),
+        breaker=Breaker("gateway"),
     )
 
 
 def test_all_up_is_healthy() -> None:
     status, checks = asyncio.run(check_health(_ctx()))
     assert status == "healthy"
-    assert checks["wallets_hosts"] == {"status": "ok", "up": 2, "total": 2, "entities": 6}
+    assert checks["wallets_hosts"] == {"status": "ok", "up": 2, "total": 2, "entities": 6,
+                                       "breakers_open": 0}
+    assert checks["postgres"]["breaker"] == "closed"
 
 
 def test_postgres_down_is_unhealthy() -> None:
