@@ -14,12 +14,12 @@ from typing import Any
 
 import asyncpg
 from chaos_client import Acked
-from chaos_stack import RESERVATION_TIMEOUT_S
+from chaos_stack import OPEN_STAKE_TIMEOUT_S
 
 from actors.ops.agreement import disagreements
 from actors.ops.audit import ledger_violations
 
-SETTLE_S = RESERVATION_TIMEOUT_S + 40.0
+SETTLE_S = OPEN_STAKE_TIMEOUT_S + 40.0
 EXAMPLES = 5
 
 # (bet status, stake, payout_state) -> the market statuses it is legal under. A refund
@@ -37,7 +37,8 @@ LEGAL_BETS: dict[tuple[str, str, str], set[str]] = {
 UNFINISHED = """
     select (select count(*) from bets.bets where stake = 'reserved' or payout_state = 'owed')
          + (select count(*) from wallets.pending
-            where expires_at < now() - interval '2 seconds')"""
+            where expires_at < now() - interval '2 seconds')
+         + (select count(*) from wallets.open_stakes)"""
 
 
 async def _settled(conn: asyncpg.Connection) -> int:

@@ -30,7 +30,7 @@ import psutil
 HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 WORKER_NODES = 2
 REPLICAS = 2
-RESERVATION_TIMEOUT_S = 20.0
+OPEN_STAKE_TIMEOUT_S = 20.0
 
 
 def _free_port() -> int:
@@ -49,8 +49,8 @@ def configure_environment() -> dict[str, str]:
         "LOOTIFY_WALLET_HOSTS": "1",
         "LOOTIFY_MARKET_HOSTS": "1",
         "LOOTIFY_NAMESPACE": f"lootify-chaos-{os.getpid()}",
-        # Short, so that the audit can wait for every reservation's time-out.
-        "LOOTIFY_RESERVATION_TIMEOUT_S": str(RESERVATION_TIMEOUT_S),
+        # Short, so that the audit can wait for every open stake's time-out.
+        "LOOTIFY_OPEN_STAKE_TIMEOUT_S": str(OPEN_STAKE_TIMEOUT_S),
         "LOOTIFY_RATE_LIMITS": "off",
         "LOOTIFY_JWT_SECRET": secrets.token_hex(32),
         "LOOTIFY_CATALOG_RELOAD_S": "5",

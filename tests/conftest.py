@@ -53,7 +53,7 @@ def settings() -> Settings:
         runtime=RuntimeSettings(
             namespace=f"lootify-test-{os.getpid()}", idle_seconds=2.0, handoff_timeout_s=2.0
         ),
-        markets=MarketSettings(reservation_timeout_s=15.0),
+        markets=MarketSettings(open_stake_timeout_s=15.0),
         # Two, so that every test also routes across hosts.
         wallets=WalletSettings(hosts=2),
     )

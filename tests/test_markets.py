@@ -44,6 +44,7 @@ from actors.markets.saga import RECOVERY_AGE_S
 from actors.markets.state import Bet, Market
 from actors.markets.writes import BetsToRecover
 from actors.runtime import Cycle, Router
+from actors.wallets import Stake
 from tests.pg_fixtures import fetch_rows as sql
 from tests.polling import wait_until
 
@@ -864,13 +865,13 @@ def test_payouts_to_thousands_of_wallets_go_in_batches(lootify, aio, run, databa
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("client", ["retries", "gives_up"])
 def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_url, client):
-    """SIGKILL the market host while 300 bets of 50 users are between reserve and
-    commit: afterwards every bet is either accepted with its stake committed or absent /
-    void with its money back; nothing stays reserved.
+    """SIGKILL the market host while 300 bets of 50 users are between their stake and
+    their bet's commit: afterwards every bet is either placed with its stake taken once,
+    or absent with its stake (if one was taken) returned once; no stake stays open.
 
     `retries`: the client's router resends to the restarted host (same bet ids).
     `gives_up`: the client stops waiting at once (a router with a 50 ms deadline), so
-    what the dead host reserved is left to the wallets' expiry and the market's recovery.
+    what the dead host took is left to the market's recovery of open stakes.
     """
     n_users, n_bets, deposit = 50, 300, 100_000
     view = new_market(lootify, max_stake=100_000)
@@ -901,9 +902,9 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
                 if killed is None:
                     rows = await conn.fetchval("select count(*) from bets.bets")
                     if rows >= 30:
-                        pending = await conn.fetchval("select count(*) from wallets.pending")
+                        opened = await conn.fetchval("select count(*) from wallets.open_stakes")
                         os.kill(pid, signal.SIGKILL)
-                        killed = (wave, rows, pending)
+                        killed = (wave, rows, opened)
             if killed is None:
                 os.kill(pid, signal.SIGKILL)
                 killed = ("end", None, None)
@@ -916,10 +917,10 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
     errors = [a for a in answers if not isinstance(a, BetRecord)]
     assert all(isinstance(e, LootifyError) for e in errors), errors[:3]
 
-    deadline = time.monotonic() + aio.settings.markets.reservation_timeout_s + 45
+    deadline = time.monotonic() + aio.settings.markets.open_stake_timeout_s + 45
     touched = client == "retries"
     while True:
-        if not touched and not sql(run, database_url, "select 1 from wallets.pending limit 1"):
+        if not touched:
             # The impatient client is gone; a later one comes back to the market (a
             # restarted host without any traffic is covered by a test of its own).
             lootify.market(view["id"]).state()
@@ -927,8 +928,8 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
         open_ = sql(
             run,
             database_url,
-            "select (select count(*) from wallets.pending) as pending, "
-            "(select coalesce(sum(reserved), 0) from wallets.wallets) as reserved, "
+            "select (select count(*) from wallets.open_stakes) as open, "
+            "(select count(*) from wallets.pending) as pending, "
             "(select count(*) from bets.bets where stake = 'reserved' "
             " or payout_state = 'owed') as unfinished",
         )[0]
@@ -938,33 +939,28 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
         time.sleep(0.5)
 
     rows = bet_rows(run, database_url, view["id"])
-    commits = {
-        r["reference_id"].removeprefix("bet:"): r
+    ops = {
+        (r["kind"], r["reference_id"]): r["amount"]
         for r in sql(
             run,
             database_url,
-            "select op_key, kind, reference_id, amount from wallets.operations "
-            "where op_key like 'resolve/bet:%'",
+            "select kind, reference_id, amount from wallets.operations "
+            "where kind in ('stake', 'bet_refund') and reference_id like 'bet%'",
         )
     }
     committed = {}
     for bet_id, row in rows.items():
-        if row["status"] == "accepted":
-            assert row["stake"] == "committed", dict(row)
-            op = commits.get(bet_id)
-            assert op is not None and op["kind"] == "commit", (dict(row), op)
-            assert op["op_key"] == f"resolve/bet:{bet_id}" and op["amount"] == row["amount"]
-            committed.setdefault(row["user_id"], 0)
-            committed[row["user_id"]] += row["amount"]
-        else:
-            assert (row["status"], row["stake"]) == ("void", "returned"), dict(row)
-            assert commits.get(bet_id) is None or commits[bet_id]["kind"] != "commit"
+        assert (row["status"], row["stake"]) == ("accepted", "committed"), dict(row)
+        assert ops.get(("stake", f"bet:{bet_id}")) == row["amount"], dict(row)
+        assert ("bet_refund", f"bet-return:{bet_id}") not in ops, dict(row)
+        committed.setdefault(row["user_id"], 0)
+        committed[row["user_id"]] += row["amount"]
     # an answer `accepted` given to the client stands
-    assert accepted_answers <= {i for i, r in rows.items() if r["status"] == "accepted"}
-    # bets with no row never took money: their reservations (if any) were released/expired
-    for bet_id, _, _, _ in plan:
-        if bet_id not in rows:
-            assert commits.get(bet_id) is None or commits[bet_id]["kind"] != "commit"
+    assert accepted_answers <= set(rows)
+    # a bet with no row took no money, or had its stake returned
+    for bet_id, _, _, amount in plan:
+        if bet_id not in rows and ("stake", f"bet:{bet_id}") in ops:
+            assert ops[("bet_refund", f"bet-return:{bet_id}")] == amount, bet_id
 
     async def balances():
         return await asyncio.gather(*(aio.wallet(u).balance() for u in users))
@@ -973,16 +969,75 @@ def test_market_host_killed_mid_saga_loses_no_money(lootify, aio, run, database_
     for user in users:
         expected = deposit - committed.get(user, 0)
         assert tuple(got[user]) == (expected, expected, 0), user
-    states = {}
-    for row in rows.values():
-        states[(row["status"], row["stake"])] = states.get((row["status"], row["stake"]), 0) + 1
     print(
         f"killed at {killed}; {len(accepted_answers)} accepted answers, {len(errors)} errors "
-        f"({sorted({type(e).__name__ for e in errors})}); rows: {states}; "
+        f"({sorted({type(e).__name__ for e in errors})}); placed: {len(rows)}; "
         f"absent: {n_bets - len(rows)}"
     )
     market = lootify.market(view["id"])
     assert market.state()["status"] == "open"  # the host came back
+
+
+def open_stakes(run, dsn: str, user: str) -> list[str]:
+    rows = sql(run, dsn, "select reference_id from wallets.open_stakes where wallet_id = $1",
+               user)
+    return [r["reference_id"] for r in rows]
+
+
+def test_a_placed_bets_stake_is_taken_once_and_closed(lootify, run, database_url):
+    """Two commits a bet: the stake goes straight from the player to the market's
+    account, and the market closes it once the bet is recorded."""
+    view = new_market(lootify)
+    user = funded(lootify, 10_000)
+    bet = lootify.place_bet(user, view["id"], "home", 1_000, accept_odds="any")
+    assert balance(lootify, user) == (9_000, 9_000, 0)
+    wait_until(lambda: not open_stakes(run, database_url, user), timeout=10,
+               what="the placed bet's stake to be closed")
+    journal = sql(
+        run, database_url,
+        "select e.account, e.amount from wallets.entries e join wallets.operations o "
+        "on o.wallet_id = e.wallet_id and o.seq = e.seq "
+        "where o.wallet_id = $1 and o.reference_id = $2 order by e.amount",
+        user, f"bet:{bet['id']}",
+    )
+    assert [(r["account"], r["amount"]) for r in journal] == [
+        (f"user:{user}", -1_000), (f"market:{view['id']}", 1_000)]
+
+
+def test_a_stake_never_recorded_is_returned_and_its_bet_id_refused(
+    lootify, aio, run, database_url
+):
+    """A stake taken for a bet its market never recorded (the host died between the
+    two commits, and nobody retried) is found by recovery once its time-out is past:
+    the bet id is refused for good, then the stake is returned, once."""
+    view = new_market(lootify)
+    user = funded(lootify, 10_000)
+    bet_id = str(uuid.uuid4())
+    async def take_stake():
+        return await aio.routers["wallets"].call(user, Stake(1_000, f"bet:{bet_id}", view["id"]))
+
+    run(take_stake())
+    assert balance(lootify, user) == (9_000, 9_000, 0)
+    timeout = aio.settings.markets.open_stake_timeout_s + 30
+    wait_until(lambda: balance(lootify, user) == (10_000, 10_000, 0), timeout=timeout,
+               what="the open stake to be returned")
+    wait_until(lambda: not open_stakes(run, database_url, user), timeout=10,
+               what="the returned stake to be closed")
+    with pytest.raises(IdempotencyConflict):  # its retry would be placed for free
+        lootify.place_bet(user, view["id"], "home", 1_000, accept_odds="any", bet_id=bet_id)
+    assert balance(lootify, user) == (10_000, 10_000, 0)
+    kinds = sql(run, database_url, "select kind, amount from wallets.operations "
+                "where wallet_id = $1 and reference_id like $2 order by seq",
+                user, f"bet%{bet_id}")
+    assert [(r["kind"], r["amount"]) for r in kinds] == [("stake", 1_000), ("bet_refund", 1_000)]
+
+
+def test_a_stake_taken_for_a_market_that_does_not_exist_is_returned(lootify, run, aio):
+    """A market not in memory is only looked up in the cycle, after the stake."""
+    user = funded(lootify, 10_000)
+    with pytest.raises(NotFound):
+        lootify.place_bet(user, str(uuid.uuid4()), "home", 1_000, accept_odds="any")
+    assert balance(lootify, user) == (10_000, 10_000, 0)
 
 
 def inject_interrupted_bet(lootify, aio, run, dsn, market_id: str, user: str, amount: int) -> str:
@@ -990,8 +1045,8 @@ def inject_interrupted_bet(lootify, aio, run, dsn, market_id: str, user: str, am
     bet row with `stake = reserved`, counted in its market's row, and the wallet's
     reservation `bet:<id>`."""
     bet_id = str(uuid.uuid4())
-    timeout = aio.settings.markets.reservation_timeout_s
-    run(aio.wallet(user).reserve(amount, f"bet:{bet_id}", timeout))
+    # How an older release took a stake: a reservation, committed after the bet.
+    run(aio.wallet(user).reserve(amount, f"bet:{bet_id}", 60.0))
     sql(
         run,
         dsn,
@@ -1069,15 +1124,16 @@ def test_recovery_leaves_alone_the_bets_still_young():
 
 
 def test_a_markets_count_of_unstaked_bets_is_set_right_once_they_are_staked(
-    lootify, run, database_url
+    lootify, aio, run, database_url
 ):
-    """The count that lets recovery find unstaked bets after a crash is written with the
-    bets; committing their stakes leaves it high, and recovery must bring it to zero
-    (or it would look at the market every tick, for ever)."""
+    """The count that lets recovery find the unstaked bets an older release left after a
+    crash is written with the bets; committing their stakes leaves it high, and recovery
+    must bring it to zero (or it would look at the market every tick, for ever)."""
     view = new_market(lootify)
     user = funded(lootify, 10_000)
     for _ in range(3):
-        lootify.place_bet(user, view["id"], "home", 100, accept_odds="any")
+        inject_interrupted_bet(lootify, aio, run, database_url, view["id"], user, 100)
+    run(_await(aio.routers["markets"].handles[0].passivate_all.remote()))  # reload from PG
 
     def stored() -> tuple[int, int]:
         row = sql(
@@ -1136,7 +1192,7 @@ def test_a_market_written_under_its_activation_takes_no_bet(lootify, run, databa
     lootify.place_bet(user, view["id"], "away", 700, accept_odds="any")
     rows = wait_bookkept(run, database_url, view["id"])
     assert sorted(r["amount"] for r in rows.values()) == [700, 1_000]
-    # The refused cycle's stake stays reserved until its reservation runs out.
-    assert balance(lootify, user) == (8_300, 7_800, 500)
+    # The refused cycle's stake was taken: open until recovery finds it and returns it.
+    assert balance(lootify, user) == (7_800, 7_800, 0)
     wait_until(lambda: balance(lootify, user) == (8_300, 8_300, 0), timeout=60,
                what="the stake of the bet that was not stored to come back")

@@ -44,6 +44,7 @@ from .messages import (
     MoneyMoved,
     PlaceBet,
     Recover,
+    ReturnStakes,
     SetOdds,
     Settle,
     Transition,
@@ -61,7 +62,8 @@ from .writes import (
     MarketChanged,
     MarketSettled,
     StakeCommitted,
-    StakeReleased,
+    StakeKept,
+    StakeReturned,
 )
 
 # The refusals a keyed bet's replay gets again, by code; any other failure (a
@@ -94,10 +96,17 @@ def _replayed(m: Market, bet: Bet, msg: PlaceBet) -> BetRecord:
     return bet.first_answer(m.id) if msg.request_hash is not None else bet.record(m.id)
 
 
+# Refusals kept for a bet id whose stake was taken besides: those above, a market that
+# does not exist, and a stake recovery returned (its bet never recorded).
+_KEPT_REFUSALS = {**REPLAYED_REFUSALS, NotFound.code: NotFound,
+                  IdempotencyConflict.code: IdempotencyConflict}
+NEVER_PLACED = "this bet was not placed and its stake was returned; use a new key"
+
+
 def _replayed_refusal(refusal: Refusal, msg: PlaceBet) -> LootifyError:
     if refusal.user_id != msg.user_id or msg.request_hash not in (None, refusal.request_hash):
         return IdempotencyConflict(f"bet {msg.bet_id} was refused for another request")
-    return REPLAYED_REFUSALS[refusal.code](refusal.message)
+    return _KEPT_REFUSALS.get(refusal.code, Conflict)(refusal.message)
 
 
 @register_kind
@@ -140,7 +149,7 @@ class MarketKind(EntityKind[Market]):
                 op.prepared = IdempotencyConflict(
                     "this Idempotency-Key was already used with a different request"
                 )
-        await self.saga.reserve_stakes(ops)
+        await self.saga.take_stakes(ops)
 
     def _answered(self, bet_id: str, _: object) -> None:
         self.placing.pop(bet_id, None)
@@ -153,6 +162,8 @@ class MarketKind(EntityKind[Market]):
         self.now = time.time()
         if careful:
             ids = [op.message.bet_id for op in ops if isinstance(op.message, PlaceBet)]
+            ids += [s[0] for op in ops if isinstance(op.message, ReturnStakes)
+                    for s in op.message.stakes]
             self.stored_bets = await stored_bets(conn, ids)
 
     def read(self, m: Market, msg: Any) -> Any:
@@ -161,10 +172,13 @@ class MarketKind(EntityKind[Market]):
     def apply(self, m: Market, msg: Any, cycle: Cycle, op: Op) -> Any:
         if isinstance(msg, CreateMarket):
             return self._create(m, msg, cycle)
+        if isinstance(msg, ReturnStakes):
+            return self._return_open(m, msg, cycle)
         if m.event_id is None:
-            if isinstance(msg, PlaceBet) and op.prepared == "reserved":
-                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
-            raise NotFound(f"no market {m.id}")
+            missing = NotFound(f"no market {m.id}")
+            if isinstance(msg, PlaceBet) and op.prepared == "staked":
+                self._refuse_staked(m, msg, missing, cycle)
+            raise missing
         if isinstance(msg, GetMarket):
             return m.view()
         if isinstance(msg, PlaceBet):
@@ -215,37 +229,39 @@ class MarketKind(EntityKind[Market]):
     def _place(self, m: Market, msg: PlaceBet, cycle: Cycle, op: Op) -> BetRecord:
         if isinstance(op.prepared, (IdempotencyInProgress, IdempotencyConflict)):
             raise op.prepared
+        # A stake taken for a bet that stands (a replay) is that bet's own: the wallet
+        # answers a stake's reference id once. Any other stake taken here goes back, and
+        # only once that bet id can never be placed: its refusal, here or elsewhere, is
+        # stored first.
+        staked = op.prepared == "staked"
         existing = m.bets.get(msg.bet_id)
         if existing is not None:
+            if staked and existing.user_id != msg.user_id:
+                cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
             return _replayed(m, existing, msg)
         refusal = m.refused.get(msg.bet_id) if m.refused else None
         if refusal is not None:
-            if op.prepared == "reserved":  # reserved before the market was activated
-                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+            if staked:
+                cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
             raise _replayed_refusal(refusal, msg)
-        elsewhere = self.stored_bets.get(msg.bet_id)
-        if elsewhere is not None:
-            # The reservation is this message's own unless the stored bet is the same
-            # user's placed bet: then it is that bet's (a refusal holds none).
-            _, owner, placed = elsewhere
-            if op.prepared == "reserved" and not (placed and owner == msg.user_id):
-                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
+        if msg.bet_id in self.stored_bets:
+            if staked:
+                cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
             raise IdempotencyConflict(f"bet {msg.bet_id} exists on another market")
         try:
             if isinstance(op.prepared, BaseException):
                 raise op.prepared
-            if op.prepared != "reserved":  # not prepared: the market did not exist then
+            if not staked:  # not prepared: the market did not exist then
                 raise Conflict("the bet was not prepared; retry")
             price = m.quote(msg, self.now)
         except LootifyError as exc:
-            if op.prepared == "reserved":
-                cycle.writes.append(StakeReleased(m.id, msg.user_id, msg.bet_id))
-            if msg.request_hash is not None and type(exc) in REPLAYED_REFUSALS.values():
-                refusal = Refusal(msg.user_id, msg.request_hash, exc.code, exc.message)
-                if m.refused is None:
-                    m.refused = {}
-                m.refused[msg.bet_id] = refusal
-                cycle.writes.append(BetRefused(m.id, msg.bet_id, refusal))
+            if staked:
+                self._refuse_staked(m, msg, exc, cycle)
+            elif msg.request_hash is not None and type(exc) in REPLAYED_REFUSALS.values():
+                self._keep_refusal(
+                    m, msg.bet_id, Refusal(msg.user_id, msg.request_hash, exc.code, exc.message),
+                    cycle,
+                )
             raise
         # Fixed odds always have a price; a pool bet's payout is decided at settlement.
         potential = None
@@ -260,16 +276,46 @@ class MarketKind(EntityKind[Market]):
             msg.amount,
             price,
             potential,
+            stake="committed",
             placed_at=self.now,
             request_hash=msg.request_hash,
         )
         m.bets[bet.id] = bet
-        m.unstaked.add(bet.id)
         m.add_exposure(bet, +1)
         m.reprice()
         cycle.writes.append(BetPlaced(m.id, bet, op))
         self._touch(m, cycle, "odds")
         return bet.record(m.id)
+
+    def _keep_refusal(self, m: Market, bet_id: str, refusal: Refusal, cycle: Cycle) -> None:
+        if m.refused is None:
+            m.refused = {}
+        m.refused[bet_id] = refusal
+        cycle.writes.append(BetRefused(m.id, bet_id, refusal))
+
+    def _refuse_staked(self, m: Market, msg: PlaceBet, exc: LootifyError, cycle: Cycle) -> None:
+        """A bet refused after its stake was taken: refused for good, stake returned."""
+        refusal = Refusal(msg.user_id, msg.request_hash or "", exc.code, exc.message)
+        self._keep_refusal(m, msg.bet_id, refusal, cycle)
+        cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
+
+    def _return_open(self, m: Market, msg: ReturnStakes, cycle: Cycle) -> int:
+        """Stakes left open past their time-out: a bet this market has keeps its stake;
+        any other bet id is refused for good (a retry of it is answered a conflict),
+        and its stake returned. Returns how many go back."""
+        returned = 0
+        for bet_id, user_id, amount in msg.stakes:
+            bet = m.bets.get(bet_id)
+            if bet is not None and bet.user_id == user_id:
+                cycle.writes.append(StakeKept(user_id, bet_id))
+                continue
+            used = bet is not None or (m.refused and bet_id in m.refused)
+            if not used and bet_id not in self.stored_bets:
+                self._keep_refusal(m, bet_id, Refusal(user_id, "", IdempotencyConflict.code,
+                                                      NEVER_PLACED), cycle)
+            cycle.writes.append(StakeReturned(m.id, user_id, bet_id, amount))
+            returned += 1
+        return returned
 
     def _cancel(self, m: Market, msg: CancelBet, cycle: Cycle) -> BetRecord:
         bet = m.bets.get(msg.bet_id)

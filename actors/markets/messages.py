@@ -107,6 +107,14 @@ class MoneyMoved(NamedTuple):
 
 
 @wire_type
+class ReturnStakes(NamedTuple):
+    """Internal: stakes left open past their time-out, as `(bet id, user id, amount)`;
+    the market keeps those of bets it has and returns the rest."""
+
+    stakes: tuple[tuple[str, str, int], ...]
+
+
+@wire_type
 class Recover(NamedTuple):
     """Internal: resend the money moves of this market's unfinished bets (only those
     of its unstaked bets with `stakes_only`)."""

@@ -1,24 +1,28 @@
 """The bet saga: placing a bet moves money across the market and the user's wallet,
 and never creates or loses any.
 
-1. `reserve_stakes` (as a batch arrives, before the mailbox): refuse what is plainly
-   refused (market not open, limits, price) without touching money; reserve the
-   stake of the rest in the wallets, all at once (two-phase, with a time-out);
-2. the market's handler accepts at the current price, or refuses (the reservation
-   is released); the accepted bet is written with `stake = reserved` in the cycle's
-   commit;
-3. `finish` (after the commit, before the answer): commit each reservation to the
-   market's account, then record `stake = committed`.
+1. `take_stakes` (as a batch arrives, before the mailbox): refuse what is plainly
+   refused (market not open, limits, price) without touching money; debit the stake
+   of the rest from the players' accounts to the market's, all at once (`Stake`:
+   one wallet commit). The stake is open until the market closes it;
+2. the market's handler accepts at the current price and the cycle's commit records
+   the bet: the player is answered. Or it refuses: the refusal is recorded first, so
+   that bet id can never be placed, and the stake is returned before the answer;
+3. the markets close the stakes of the bets they recorded, riding with their next
+   stakes (`CloseStakes`).
 
-A crash before 2 leaves a reservation that expires; a crash between 2 and 3 leaves
-`stake = reserved`, which the host's recovery commits (or, if the reservation
-already ended, voids the bet). Payouts and refunds go the same way: decided and
-written first (`payout_state = owed`), credited after, finished on recovery.
+Two commits a bet, and compensation only when the bet is not recorded. A stake a
+market never recorded (its host died, its commit failed, nobody retried) stays open:
+past `open_stake_timeout_s` recovery records its bet id as refused and returns it.
+Payouts and refunds go the same way as ever: decided and written first
+(`payout_state = owed`), credited after, finished on recovery. Bets of older releases,
+placed with a reservation (`stake = reserved`), are finished by recovery as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable
@@ -26,10 +30,10 @@ from typing import Any
 
 from actors import wallets
 from actors.errors import IdempotencyConflict, LootifyError, NotFound, ReservationResolved
-from actors.runtime import Op, Router, connect_router, ignore_outcome
+from actors.runtime import Op, Router, connect_router, ignore_outcome, shard_of
 from actors.settings import service_dsn
 
-from .messages import MoneyMoved, PlaceBet, Recover
+from .messages import MoneyMoved, PlaceBet, Recover, ReturnStakes
 from .settings import MarketSettings
 from .state import Bet
 from .store import stored_bets
@@ -39,13 +43,21 @@ from .writes import (
     BetsToRecover,
     MarketSettled,
     StakeCommitted,
-    StakeReleased,
+    StakeKept,
+    StakeReturned,
 )
+
+log = logging.getLogger(__name__)
 
 # Bets unfinished for this long are recovery's; younger ones are the saga's own.
 RECOVERY_AGE_S = 3.0
 # How long the record of moved money may wait for a cycle (see `EntityHost.submit`).
 RECORD_WITHIN_S = 0.05
+# How long the closing of recorded stakes waits for stakes to ride with.
+CLOSE_WITHIN_S = 0.2
+# How often recovery looks for stakes left open, and how many it takes at once.
+OPEN_STAKES_EVERY_S = 5.0
+OPEN_STAKES_BATCH = 500
 
 
 class BetSaga:
@@ -59,6 +71,11 @@ class BetSaga:
         # Bets whose money this process is moving now: recovery leaves them alone, or
         # a slow settlement would be sent again every tick while its first run goes on.
         self.moving: set[str] = set()
+        # Stakes this host is done with, still open in the wallets: user id -> their
+        # reference ids. They are closed with the next stakes, or after CLOSE_WITHIN_S.
+        self.done_stakes: dict[str, list[str]] = defaultdict(list)
+        self._closing: asyncio.TimerHandle | None = None
+        self._open_stakes_seen = 0.0
 
     async def wallets(self) -> Router:
         """The wallet router of this host process (created on first use)."""
@@ -71,15 +88,15 @@ class BetSaga:
             )
         return self._wallets
 
-    async def reserve_stakes(self, ops: list[Op]) -> None:
-        """Before the mailbox: refuse what is plainly refused and reserve the stakes of
-        the rest. It runs outside the cycles, so reservations for the next bets travel
-        while the current cycle commits; the price is only provisional here (the
-        cycle decides), and an entity not yet activated is checked in the cycle."""
-        to_reserve: list[Op] = []
+    async def take_stakes(self, ops: list[Op]) -> None:
+        """Before the mailbox: refuse what is plainly refused and take the stakes of the
+        rest. It runs outside the cycles, so the next bets' stakes travel while the
+        current cycle commits; the price is only provisional here (the cycle decides),
+        and an entity not yet activated is checked in the cycle."""
+        to_stake: list[Op] = []
         # An activated market knows its own bets; a bet id used on another market is
         # caught by the bets' primary key (a careful cycle then refuses it). A market
-        # still to be activated must not reserve again for a bet it already holds.
+        # still to be activated must not take a stake for a bet it already holds.
         cold: list[str] = []
         now = time.time()
         for op in ops:
@@ -98,15 +115,15 @@ class BetSaga:
                 except LootifyError as exc:
                     op.prepared = exc
                     continue
-            to_reserve.append(op)
-        if not to_reserve:
+            to_stake.append(op)
+        if not to_stake:
             return
         known = {}
         if cold:
             async with self.host.pool.acquire() as conn:
                 known = await stored_bets(conn, cold)
         if known:
-            for op in to_reserve:
+            for op in to_stake:
                 market_id = known[op.message.bet_id][0] if op.message.bet_id in known else None
                 if market_id == op.entity_id:
                     op.prepared = "known"  # a replay: the cycle answers the bet as it is
@@ -114,40 +131,66 @@ class BetSaga:
                     op.prepared = IdempotencyConflict(
                         f"bet {op.message.bet_id} exists on another market"
                     )
-            to_reserve = [op for op in to_reserve if op.prepared is None]
+            to_stake = [op for op in to_stake if op.prepared is None]
         router = await self.wallets()
-        timeout = self.settings.reservation_timeout_s
-        outcomes = await router.call_many(
-            [
-                (
-                    op.message.user_id,
-                    wallets.Reserve(
-                        op.message.amount, stake_ref(op.message.bet_id), timeout, confirm_held=True
-                    ),
-                )
-                for op in to_reserve
-            ]
-        )
-        for op, (ok, result) in zip(to_reserve, outcomes, strict=True):
-            if ok:
-                op.prepared = "reserved"
-            elif isinstance(result, ReservationResolved):
-                op.prepared = refused_before(op.message.bet_id)
-            else:
-                op.prepared = result
+        stakes = [
+            (op.message.user_id,
+             wallets.Stake(op.message.amount, stake_ref(op.message.bet_id), op.entity_id))
+            for op in to_stake
+        ]
+        closing = self._take_done_stakes()
+        outcomes = await router.call_many(stakes + closing)
+        for op, (ok, result) in zip(to_stake, outcomes, strict=False):
+            op.prepared = "staked" if ok else result
+        self._closed(closing, outcomes[len(stakes):])
+
+    def _take_done_stakes(self) -> list[tuple[str, Any]]:
+        done, self.done_stakes = self.done_stakes, defaultdict(list)
+        return [(user_id, wallets.CloseStakes(tuple(refs))) for user_id, refs in done.items()]
+
+    def _closed(self, closing: list[tuple[str, Any]], outcomes: list[tuple[bool, Any]]) -> None:
+        """Closings that failed go with the next ones."""
+        for (user_id, message), (ok, _) in zip(closing, outcomes, strict=True):
+            if not ok:
+                self.done_stakes[user_id].extend(message.reference_ids)
+        self._close_soon()
+
+    def _stake_done(self, user_id: str, bet_id: str) -> None:
+        self.done_stakes[user_id].append(stake_ref(bet_id))
+        self._close_soon()
+
+    def _close_soon(self) -> None:
+        if self.done_stakes and self._closing is None:
+            self._closing = asyncio.get_running_loop().call_later(
+                CLOSE_WITHIN_S, self._close_now
+            )
+
+    def _close_now(self) -> None:
+        self._closing = None
+        if self.done_stakes:
+            asyncio.ensure_future(self._close())
+
+    async def _close(self) -> None:
+        closing = self._take_done_stakes()
+        try:
+            outcomes = await (await self.wallets()).call_many(closing)
+        except Exception:  # the wallets' router failed: these go with the next ones
+            log.exception("closing stakes failed")
+            outcomes = [(False, None)] * len(closing)
+        self._closed(closing, outcomes)
 
     def finish(self, writes: list[Any]) -> Awaitable[None] | None:
         """The money moves a committed cycle calls for, or None when there are none."""
         stakes: dict[str, tuple[str, Bet]] = {}
         pays: dict[str, tuple[str, Bet]] = {}
-        releases: list[tuple[str, str]] = []
-        placing: dict[str, Op] = {}
+        returns: list[StakeReturned] = []
         for write in writes:
             if isinstance(write, BetPlaced):
-                stakes[write.bet.id] = (write.market_id, write.bet)
-                placing[write.bet.id] = write.op
-            elif isinstance(write, StakeReleased):
-                releases.append((write.user_id, write.bet_id))
+                self._stake_done(write.bet.user_id, write.bet.id)
+            elif isinstance(write, StakeKept):
+                self._stake_done(write.user_id, write.bet_id)
+            elif isinstance(write, StakeReturned):
+                returns.append(write)
             elif isinstance(write, (BetChanged, StakeCommitted)):
                 _collect(write.market_id, write.bet, stakes, pays)
             elif isinstance(write, BetsToRecover):
@@ -156,22 +199,21 @@ class BetSaga:
             elif isinstance(write, MarketSettled):
                 for bet in write.accepted:
                     _collect(write.market_id, bet, stakes, pays)
-        if not (stakes or pays or releases):
+        if not (stakes or pays or returns):
             return None
-        return self._moving(stakes, pays, releases, placing)
+        return self._moving(stakes, pays, returns)
 
     async def _moving(
         self,
         stakes: dict[str, tuple[str, Bet]],
         pays: dict[str, tuple[str, Bet]],
-        releases: list[tuple[str, str]],
-        placing: dict[str, Op],
+        returns: list[StakeReturned],
     ) -> None:
         ids = (stakes.keys() | pays.keys()) - self.moving
         self.moving |= ids
         recorded: list[asyncio.Future[Any]] = []
         try:
-            recorded = await self._move_money(stakes, pays, releases, placing)
+            recorded = await self._move_money(stakes, pays, returns)
         finally:
             # Moving ends when the markets have recorded what moved (or failed to).
             if recorded:
@@ -185,12 +227,21 @@ class BetSaga:
         self,
         stakes: dict[str, tuple[str, Bet]],
         pays: dict[str, tuple[str, Bet]],
-        releases: list[tuple[str, str]],
-        placing: dict[str, Op],
+        returns: list[StakeReturned],
     ) -> list[asyncio.Future[Any]]:
-        """Commit stakes, then credit what is owed, then record it in the markets (the
-        futures of those records)."""
+        """Return the stakes of refused bets and commit reserved ones, then credit what
+        is owed, then record it in the markets (the futures of those records)."""
         router = await self.wallets()
+        if returns:
+            returned = await router.call_many([
+                (r.user_id,
+                 wallets.Credit(r.amount, return_ref(r.bet_id), f"market:{r.market_id}",
+                                "bet_refund"))
+                for r in returns
+            ])
+            for r, (ok, _) in zip(returns, returned, strict=True):
+                if ok:  # else the stake stays open, and recovery returns it again
+                    self._stake_done(r.user_id, r.bet_id)
         moved: dict[str, dict[str, list[str]]] = defaultdict(
             lambda: {"staked": [], "returned": [], "paid": []}
         )
@@ -200,16 +251,12 @@ class BetSaga:
                 (bet.user_id, wallets.Commit(stake_ref(bet.id), None, f"market:{mid}"))
                 for mid, bet in items
             ]
-            + [(uid, wallets.Release(stake_ref(bet_id))) for uid, bet_id in releases]
         )
-        for (mid, bet), (ok, outcome) in zip(items, outcomes, strict=False):
+        for (mid, bet), (ok, outcome) in zip(items, outcomes, strict=True):
             if ok:
                 moved[mid]["staked"].append(bet.id)
             elif isinstance(outcome, (ReservationResolved, NotFound)):
                 moved[mid]["returned"].append(bet.id)
-                op = placing.get(bet.id)
-                if op is not None:  # its reservation ended before the commit
-                    op.error = refused_before(bet.id)
         returned = {b for m in moved.values() for b in m["returned"]}
         owed = [
             (mid, bet)
@@ -267,6 +314,34 @@ class BetSaga:
             recover.setdefault(r["id"], Recover(stakes_only=True))
         for market_id, message in recover.items():
             self.host.submit(market_id, message).add_done_callback(ignore_outcome)
+        await self._return_open_stakes()
+
+    async def _return_open_stakes(self) -> None:
+        """Stakes of this host's markets left open past their time-out go to their
+        markets, which keep those of bets they have and return the rest."""
+        now = time.monotonic()
+        if now - self._open_stakes_seen < OPEN_STAKES_EVERY_S:
+            return
+        self._open_stakes_seen = now
+        router = await self.wallets()
+        ok, found = await asyncio.wait_for(
+            router.handles[0].query.remote(
+                "open_stakes",
+                {"older_than_s": self.settings.open_stake_timeout_s, "limit": OPEN_STAKES_BATCH},
+            ),
+            self.host.settings.call_deadline_s,
+        )
+        if not ok:
+            raise found
+        shards = self.host.settings.shards
+        per_market: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+        for user_id, ref, market_id, amount in found:
+            if shard_of(market_id, shards) in self.host.owned:
+                per_market[market_id].append((ref.removeprefix(STAKE_PREFIX), user_id, amount))
+        for market_id, stakes in per_market.items():
+            self.host.submit(market_id, ReturnStakes(tuple(stakes))).add_done_callback(
+                ignore_outcome
+            )
 
 
 def _collect(
@@ -287,5 +362,13 @@ def refused_before(bet_id: str) -> IdempotencyConflict:
     )
 
 
+STAKE_PREFIX = "bet:"
+
+
 def stake_ref(bet_id: str) -> str:
-    return f"bet:{bet_id}"
+    return STAKE_PREFIX + bet_id
+
+
+def return_ref(bet_id: str) -> str:
+    """The reference of a refused bet's stake given back: once per bet id."""
+    return f"bet-return:{bet_id}"

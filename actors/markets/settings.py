@@ -10,7 +10,9 @@ from actors.runtime.settings import KindSettings, env_float, env_int
 @dataclass(frozen=True)
 class MarketSettings(KindSettings):
     hosts: int = field(default_factory=lambda: env_int("LOOTIFY_MARKET_HOSTS", 1))
-    # How long a bet's stake may stay reserved before the wallet takes it back.
-    reservation_timeout_s: float = field(
-        default_factory=lambda: env_float("LOOTIFY_RESERVATION_TIMEOUT_S", 60.0)
+    # How long a bet's stake may stay open (taken, its bet not yet recorded) before
+    # recovery refuses the bet and returns it: well past any call's deadline, so that
+    # a bet still on its way is never refused by recovery.
+    open_stake_timeout_s: float = field(
+        default_factory=lambda: env_float("LOOTIFY_OPEN_STAKE_TIMEOUT_S", 30.0)
     )

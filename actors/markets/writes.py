@@ -49,10 +49,18 @@ class MarketSettled(NamedTuple):
     winning: int  # pools: the stakes on the winner; fixed odds: 1
 
 
-class StakeReleased(NamedTuple):
-    """A bet refused after its stake was reserved: the saga gives the stake back."""
+class StakeReturned(NamedTuple):
+    """A bet refused after its stake was taken: the saga gives the stake back."""
 
     market_id: str
+    user_id: str
+    bet_id: str
+    amount: int
+
+
+class StakeKept(NamedTuple):
+    """An open stake whose bet the market has: the saga closes it."""
+
     user_id: str
     bet_id: str
 

@@ -3,6 +3,7 @@
 from .kind import WalletKind
 from .messages import (
     Balance,
+    CloseStakes,
     Commit,
     Credit,
     Deposit,
@@ -10,6 +11,7 @@ from .messages import (
     GetBalance,
     Release,
     Reserve,
+    Stake,
     Withdraw,
     validate,
 )
@@ -17,6 +19,7 @@ from .settings import WalletSettings
 
 __all__ = [
     "Balance",
+    "CloseStakes",
     "Commit",
     "Credit",
     "Deposit",
@@ -24,6 +27,7 @@ __all__ = [
     "GetBalance",
     "Release",
     "Reserve",
+    "Stake",
     "WalletKind",
     "WalletSettings",
     "Withdraw",

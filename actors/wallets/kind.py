@@ -8,6 +8,7 @@ Every operation carries a reference id and writes a balanced journal:
 |---|---|
 | deposit   | external -a, user +a |
 | withdraw  | user -a, external +a |
+| stake     | user -a, market +a (open until the market closes it) |
 | reserve   | user -a, escrow +a (pending, optional time-out) |
 | commit    | escrow -a, target +c, user +(a - c) |
 | release / expiry | escrow -a, user +a |
@@ -46,6 +47,7 @@ from actors.runtime import (
 from .messages import (
     RESOLUTIONS,
     Balance,
+    CloseStakes,
     Commit,
     Credit,
     Deposit,
@@ -53,11 +55,12 @@ from .messages import (
     GetBalance,
     Release,
     Reserve,
+    Stake,
     Withdraw,
     validate,
 )
 from .settings import WalletSettings
-from .state import Prior, Wallet, Write
+from .state import Prior, StakesClosed, Wallet, Write
 from .store import commit_cycle
 
 # Resolutions of a reservation share one key; "/" cannot occur in a reference id,
@@ -69,6 +72,7 @@ RECENT_RESULTS = 100_000
 LISTED_KINDS = {
     "deposit": "deposit",
     "withdrawal": "withdrawal",
+    "stake": "bet_stake",
     "commit": "bet_stake",
     "payout": "payout",
     "bet_refund": "bet_refund",
@@ -162,6 +166,9 @@ class WalletKind(EntityKind[Wallet]):
         self._expire_due(w, cycle)
         if isinstance(message, GetBalance):
             return w.balance()
+        if isinstance(message, CloseStakes):
+            cycle.writes.append(StakesClosed(w, message.reference_ids))
+            return w.balance()
         key = _op_key(message)
         args = _args(message)
         if key is None:
@@ -205,6 +212,14 @@ class WalletKind(EntityKind[Wallet]):
             a = message.amount
             return self._write(
                 w, cycle, key, message.kind, ref, args, a, a, ((message.source, -a), (_user(w), a))
+            )
+        if isinstance(message, Stake):
+            a = message.amount
+            self._need(w, a)
+            return self._write(
+                w, cycle, key, "stake", ref, args, a, -a,
+                ((_user(w), -a), (f"market:{message.market_id}", a)),
+                stake_market=message.market_id,
             )
         if isinstance(message, Reserve):
             a = message.amount
@@ -268,6 +283,7 @@ class WalletKind(EntityKind[Wallet]):
         *,
         reserve: tuple[int, float | None] | None = None,
         resolve: int | None = None,
+        stake_market: str | None = None,
     ) -> Balance:
         """Apply one validated operation to memory and record its write."""
         if reserve is not None:
@@ -285,7 +301,8 @@ class WalletKind(EntityKind[Wallet]):
         w.seq += 1
         done = self.cycle_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
         cycle.writes.append(
-            Write(w, key, w.seq, ref, amount, entries, reserve, resolve is not None, done)
+            Write(w, key, w.seq, ref, amount, entries, reserve, resolve is not None, done,
+                  stake_market)
         )
         return w.balance()
 
@@ -312,8 +329,9 @@ class WalletKind(EntityKind[Wallet]):
             )
 
     async def commit(self, conn: asyncpg.Connection, cycle: Cycle, fence: Fence) -> None:
-        writes: list[Write] = cycle.writes
-        await commit_cycle(conn, writes, self.host.settings.shards, fence)
+        writes = [x for x in cycle.writes if isinstance(x, Write)]
+        closed = [x for x in cycle.writes if isinstance(x, StakesClosed)]
+        await commit_cycle(conn, writes, closed, self.host.settings.shards, fence)
         touched: dict[str, Wallet] = {x.wallet.id: x.wallet for x in writes}
         publisher = get_publisher(self.host.settings.namespace)
 
@@ -329,6 +347,19 @@ class WalletKind(EntityKind[Wallet]):
                 self.recent.popitem(last=False)
 
         cycle.after_commit.append(remember)
+
+    async def _open_stakes(self, older_than_s: float, limit: int) -> list[tuple]:
+        """Stakes open longer than `older_than_s`, oldest first, as
+        `(user id, reference id, market id, amount)`: for the markets' recovery."""
+        async with self.host.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "select wallet_id::text, reference_id, market_id::text, amount "
+                "from wallets.open_stakes where created_at < now() - make_interval(secs => $1) "
+                "order by created_at limit $2",
+                older_than_s,
+                limit,
+            )
+        return [tuple(r) for r in rows]
 
     def can_passivate(self, state: Wallet) -> bool:
         return True
@@ -346,6 +377,8 @@ class WalletKind(EntityKind[Wallet]):
             host.submit(r["id"], Expire(r["reference_id"])).add_done_callback(ignore_outcome)
 
     async def query(self, name: str, args: dict[str, Any]) -> Any:
+        if name == "open_stakes":
+            return await self._open_stakes(args["older_than_s"], args["limit"])
         if name != "transactions":
             return await super().query(name, args)
         async with self.host.pool.acquire() as conn:

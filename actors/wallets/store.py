@@ -20,7 +20,7 @@ from actors.runtime import (
     shard_of,
 )
 
-from .state import Wallet, Write
+from .state import StakesClosed, Wallet, Write
 
 _COMMIT = """
 with fence as (
@@ -51,6 +51,13 @@ with fence as (
            as u(user_id, available, reserved, seq, stored_seq)
      where w.user_id = u.user_id and w.seq = u.stored_seq
     returning 1
+), opened as (
+    insert into wallets.open_stakes (wallet_id, reference_id, market_id, amount)
+    select * from unnest($38::uuid[], $39::text[], $40::uuid[], $41::bigint[])
+), closed as (
+    delete from wallets.open_stakes s
+     using unnest($42::uuid[], $43::text[]) as c(wallet_id, reference_id)
+     where s.wallet_id = c.wallet_id and s.reference_id = c.reference_id
 )
 select (select held from fence),
        runtime.expect_rows((select count(*) from updated), $37, 'wallet')
@@ -58,9 +65,14 @@ select (select held from fence),
 
 
 async def commit_cycle(
-    conn: asyncpg.Connection, writes: list[Write], shards: int, fence: Fence
+    conn: asyncpg.Connection,
+    writes: list[Write],
+    closed_stakes: list[StakesClosed],
+    shards: int,
+    fence: Fence,
 ) -> None:
-    """Store a cycle's writes, in one statement, only while `fence` holds."""
+    """Store a cycle's writes, in one statement, only while `fence` holds. A stake is
+    never closed in the cycle that opened it: the market closes it once it has it."""
     ops = list(zip(random_uuids(len(writes)), writes, strict=True))
     # A reservation opened and closed in the same cycle leaves no row: the statement's
     # delete does not see its own insert, so the two cancel out here.
@@ -73,6 +85,8 @@ async def commit_cycle(
     new = [w for w in touched.values() if w.stored_seq < 0]
     old = [w for w in touched.values() if w.stored_seq >= 0]
     entries = [(x.wallet.id, x.seq, acct, amt) for x in writes for acct, amt in x.entries]
+    stakes = [x for x in writes if x.stake_market is not None]
+    closing = [(c.wallet.id, ref) for c in closed_stakes for ref in c.reference_ids]
     with commit_checks(), retry_carefully_on_duplicate(
         "a reference id was used before this activation", constraint="operations_pkey"
     ):
@@ -111,6 +125,12 @@ async def commit_cycle(
             [w.seq for w in old],
             [w.stored_seq for w in old],
             len(old),
+            [x.wallet.id for x in stakes],
+            [x.reference_id for x in stakes],
+            [x.stake_market for x in stakes],
+            [x.amount for x in stakes],
+            [c[0] for c in closing],
+            [c[1] for c in closing],
         )
 
 
