@@ -8,8 +8,8 @@ and never creates or loses any.
 2. the market's handler accepts at the current price and the cycle's commit records
    the bet: the player is answered. Or it refuses: the refusal is recorded first, so
    that bet id can never be placed, and the stake is returned before the answer;
-3. the markets close the stakes of the bets they recorded, riding with their next
-   stakes (`CloseStakes`).
+3. the market closes the stakes of the bets it recorded, many at once, a few times a
+   second (the wallets' `close_stakes`).
 
 Two commits a bet, and compensation only when the bet is not recorded. A stake a
 market never recorded (its host died, its commit failed, nobody retried) stays open:
@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable
 from typing import Any
+
+from ray.exceptions import RayError
 
 from actors import wallets
 from actors.errors import IdempotencyConflict, LootifyError, NotFound, ReservationResolved
@@ -53,8 +56,8 @@ log = logging.getLogger(__name__)
 RECOVERY_AGE_S = 3.0
 # How long the record of moved money may wait for a cycle (see `EntityHost.submit`).
 RECORD_WITHIN_S = 0.05
-# How long the closing of recorded stakes waits for stakes to ride with.
-CLOSE_WITHIN_S = 0.2
+# How often the stakes this host is done with are closed in the wallets.
+CLOSE_EVERY_S = 0.2
 # How often recovery looks for stakes left open, and how many it takes at once.
 OPEN_STAKES_EVERY_S = 5.0
 OPEN_STAKES_BATCH = 500
@@ -71,10 +74,11 @@ class BetSaga:
         # Bets whose money this process is moving now: recovery leaves them alone, or
         # a slow settlement would be sent again every tick while its first run goes on.
         self.moving: set[str] = set()
-        # Stakes this host is done with, still open in the wallets: user id -> their
-        # reference ids. They are closed with the next stakes, or after CLOSE_WITHIN_S.
-        self.done_stakes: dict[str, list[str]] = defaultdict(list)
+        # Stakes this host is done with, still open in the wallets, as (user id,
+        # reference id): closed together every CLOSE_EVERY_S.
+        self.done_stakes: list[tuple[str, str]] = []
         self._closing: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Future[None] | None = None
         self._open_stakes_seen = 0.0
 
     async def wallets(self) -> Router:
@@ -138,46 +142,38 @@ class BetSaga:
              wallets.Stake(op.message.amount, stake_ref(op.message.bet_id), op.entity_id))
             for op in to_stake
         ]
-        closing = self._take_done_stakes()
-        outcomes = await router.call_many(stakes + closing)
-        for op, (ok, result) in zip(to_stake, outcomes, strict=False):
+        outcomes = await router.call_many(stakes)
+        for op, (ok, result) in zip(to_stake, outcomes, strict=True):
             op.prepared = "staked" if ok else result
-        self._closed(closing, outcomes[len(stakes):])
-
-    def _take_done_stakes(self) -> list[tuple[str, Any]]:
-        done, self.done_stakes = self.done_stakes, defaultdict(list)
-        return [(user_id, wallets.CloseStakes(tuple(refs))) for user_id, refs in done.items()]
-
-    def _closed(self, closing: list[tuple[str, Any]], outcomes: list[tuple[bool, Any]]) -> None:
-        """Closings that failed go with the next ones."""
-        for (user_id, message), (ok, _) in zip(closing, outcomes, strict=True):
-            if not ok:
-                self.done_stakes[user_id].extend(message.reference_ids)
-        self._close_soon()
 
     def _stake_done(self, user_id: str, bet_id: str) -> None:
-        self.done_stakes[user_id].append(stake_ref(bet_id))
-        self._close_soon()
+        self.done_stakes.append((user_id, stake_ref(bet_id)))
+        self._close_later()
 
-    def _close_soon(self) -> None:
-        if self.done_stakes and self._closing is None:
-            self._closing = asyncio.get_running_loop().call_later(
-                CLOSE_WITHIN_S, self._close_now
-            )
+    def _close_later(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().call_later(CLOSE_EVERY_S, self._close)
 
-    def _close_now(self) -> None:
+    def _close(self) -> None:
         self._closing = None
-        if self.done_stakes:
-            asyncio.ensure_future(self._close())
+        done, self.done_stakes = self.done_stakes, []
+        self._closer = asyncio.ensure_future(self._close_stakes(done))
 
-    async def _close(self) -> None:
-        closing = self._take_done_stakes()
+    async def _close_stakes(self, done: list[tuple[str, str]]) -> None:
+        """Close in the wallets the stakes this host is done with, all in one call; on
+        a failure they go with the next ones (and recovery finds any left open)."""
         try:
-            outcomes = await (await self.wallets()).call_many(closing)
-        except Exception:  # the wallets' router failed: these go with the next ones
-            log.exception("closing stakes failed")
-            outcomes = [(False, None)] * len(closing)
-        self._closed(closing, outcomes)
+            router = await self.wallets()
+            ok, result = await asyncio.wait_for(
+                random.choice(router.handles).query.remote("close_stakes", {"stakes": done}),
+                self.host.settings.call_deadline_s,
+            )
+        except (RayError, TimeoutError, LootifyError) as exc:
+            ok, result = False, exc
+        if not ok:
+            log.warning("closing %d stakes failed: %r", len(done), result)
+            self.done_stakes[:0] = done
+            self._close_later()
 
     def finish(self, writes: list[Any]) -> Awaitable[None] | None:
         """The money moves a committed cycle calls for, or None when there are none."""
@@ -325,7 +321,7 @@ class BetSaga:
         self._open_stakes_seen = now
         router = await self.wallets()
         ok, found = await asyncio.wait_for(
-            router.handles[0].query.remote(
+            random.choice(router.handles).query.remote(
                 "open_stakes",
                 {"older_than_s": self.settings.open_stake_timeout_s, "limit": OPEN_STAKES_BATCH},
             ),

@@ -3,7 +3,6 @@
 from .kind import WalletKind
 from .messages import (
     Balance,
-    CloseStakes,
     Commit,
     Credit,
     Deposit,
@@ -19,7 +18,6 @@ from .settings import WalletSettings
 
 __all__ = [
     "Balance",
-    "CloseStakes",
     "Commit",
     "Credit",
     "Deposit",

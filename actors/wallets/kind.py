@@ -47,7 +47,6 @@ from actors.runtime import (
 from .messages import (
     RESOLUTIONS,
     Balance,
-    CloseStakes,
     Commit,
     Credit,
     Deposit,
@@ -60,7 +59,7 @@ from .messages import (
     validate,
 )
 from .settings import WalletSettings
-from .state import Prior, StakesClosed, Wallet, Write
+from .state import Prior, Wallet, Write
 from .store import commit_cycle
 
 # Resolutions of a reservation share one key; "/" cannot occur in a reference id,
@@ -165,9 +164,6 @@ class WalletKind(EntityKind[Wallet]):
         validate(message)  # again here: a message may reach the host without the client
         self._expire_due(w, cycle)
         if isinstance(message, GetBalance):
-            return w.balance()
-        if isinstance(message, CloseStakes):
-            cycle.writes.append(StakesClosed(w, message.reference_ids))
             return w.balance()
         key = _op_key(message)
         args = _args(message)
@@ -329,9 +325,8 @@ class WalletKind(EntityKind[Wallet]):
             )
 
     async def commit(self, conn: asyncpg.Connection, cycle: Cycle, fence: Fence) -> None:
-        writes = [x for x in cycle.writes if isinstance(x, Write)]
-        closed = [x for x in cycle.writes if isinstance(x, StakesClosed)]
-        await commit_cycle(conn, writes, closed, self.host.settings.shards, fence)
+        writes: list[Write] = cycle.writes
+        await commit_cycle(conn, writes, self.host.settings.shards, fence)
         touched: dict[str, Wallet] = {x.wallet.id: x.wallet for x in writes}
         publisher = get_publisher(self.host.settings.namespace)
 
@@ -361,6 +356,19 @@ class WalletKind(EntityKind[Wallet]):
             )
         return [tuple(r) for r in rows]
 
+    async def _close_stakes(self, stakes: list[tuple[str, str]]) -> int:
+        """Close the open stakes `(user id, reference id)` a market is done with: outside
+        the cycles, as no wallet's state changes. Returns how many were open."""
+        async with self.host.pool.acquire() as conn:
+            status = await conn.execute(
+                "delete from wallets.open_stakes s "
+                "using unnest($1::uuid[], $2::text[]) as c(wallet_id, reference_id) "
+                "where s.wallet_id = c.wallet_id and s.reference_id = c.reference_id",
+                [user_id for user_id, _ in stakes],
+                [ref for _, ref in stakes],
+            )
+        return int(status.split()[-1])
+
     def can_passivate(self, state: Wallet) -> bool:
         return True
 
@@ -379,6 +387,8 @@ class WalletKind(EntityKind[Wallet]):
     async def query(self, name: str, args: dict[str, Any]) -> Any:
         if name == "open_stakes":
             return await self._open_stakes(args["older_than_s"], args["limit"])
+        if name == "close_stakes":
+            return await self._close_stakes(args["stakes"])
         if name != "transactions":
             return await super().query(name, args)
         async with self.host.pool.acquire() as conn:

@@ -78,8 +78,8 @@ class Commit(NamedTuple):
 @wire_type
 class Stake(NamedTuple):
     """A bet's stake, debited at once from the player's account to its market's. It
-    stays open (`wallets.open_stakes`) until the market closes it: it recorded the bet,
-    or returned the stake."""
+    stays open (`wallets.open_stakes`) until the market closes it (the host query
+    `close_stakes`): it recorded the bet, or returned the stake."""
 
     amount: int
     reference_id: str
@@ -87,14 +87,6 @@ class Stake(NamedTuple):
 
     def args(self) -> str:
         return f"stake|{self.amount}|{self.market_id}"
-
-
-@wire_type
-class CloseStakes(NamedTuple):
-    """The market is done with these stakes (`reference_id`s of `Stake`s): it
-    recorded their bets, or returned them."""
-
-    reference_ids: tuple[str, ...]
 
 
 @wire_type
@@ -185,14 +177,6 @@ def _check_stake(message: Stake) -> None:
     _check_account(f"market:{message.market_id}")
 
 
-def _check_close(message: CloseStakes) -> None:
-    refs = message.reference_ids
-    if not isinstance(refs, tuple) or not all(
-        isinstance(ref, str) and 0 < len(ref) <= 200 and _is_reference(ref) for ref in refs
-    ):
-        raise InvalidInput("reference_ids must be reference ids", field="reference_ids")
-
-
 def _check_account(account: object) -> None:
     if not isinstance(account, str) or not _ACCOUNT.match(account):
         raise InvalidInput("account must be house, external or market:<id>", field="account")
@@ -204,7 +188,6 @@ _CHECKS: dict[type, Callable[[Any], None]] = {
     Reserve: _check_reserve,
     Commit: _check_commit,
     Stake: _check_stake,
-    CloseStakes: _check_close,
     Release: _check_reference,
     Expire: _check_reference,
     Credit: _check_credit,

@@ -43,10 +43,3 @@ class Write(NamedTuple):
     pending_remove: bool
     done: Prior  # its kind, arguments and result
     stake_market: str | None = None  # a stake: opened, for the market of this id
-
-
-class StakesClosed(NamedTuple):
-    """A cycle's other write: open stakes the market is done with."""
-
-    wallet: Wallet
-    reference_ids: tuple[str, ...]

@@ -20,7 +20,7 @@ from actors.runtime import (
     shard_of,
 )
 
-from .state import StakesClosed, Wallet, Write
+from .state import Wallet, Write
 
 _COMMIT = """
 with fence as (
@@ -54,10 +54,6 @@ with fence as (
 ), opened as (
     insert into wallets.open_stakes (wallet_id, reference_id, market_id, amount)
     select * from unnest($38::uuid[], $39::text[], $40::uuid[], $41::bigint[])
-), closed as (
-    delete from wallets.open_stakes s
-     using unnest($42::uuid[], $43::text[]) as c(wallet_id, reference_id)
-     where s.wallet_id = c.wallet_id and s.reference_id = c.reference_id
 )
 select (select held from fence),
        runtime.expect_rows((select count(*) from updated), $37, 'wallet')
@@ -65,14 +61,9 @@ select (select held from fence),
 
 
 async def commit_cycle(
-    conn: asyncpg.Connection,
-    writes: list[Write],
-    closed_stakes: list[StakesClosed],
-    shards: int,
-    fence: Fence,
+    conn: asyncpg.Connection, writes: list[Write], shards: int, fence: Fence
 ) -> None:
-    """Store a cycle's writes, in one statement, only while `fence` holds. A stake is
-    never closed in the cycle that opened it: the market closes it once it has it."""
+    """Store a cycle's writes, in one statement, only while `fence` holds."""
     ops = list(zip(random_uuids(len(writes)), writes, strict=True))
     # A reservation opened and closed in the same cycle leaves no row: the statement's
     # delete does not see its own insert, so the two cancel out here.
@@ -86,7 +77,6 @@ async def commit_cycle(
     old = [w for w in touched.values() if w.stored_seq >= 0]
     entries = [(x.wallet.id, x.seq, acct, amt) for x in writes for acct, amt in x.entries]
     stakes = [x for x in writes if x.stake_market is not None]
-    closing = [(c.wallet.id, ref) for c in closed_stakes for ref in c.reference_ids]
     with commit_checks(), retry_carefully_on_duplicate(
         "a reference id was used before this activation", constraint="operations_pkey"
     ):
@@ -129,8 +119,6 @@ async def commit_cycle(
             [x.reference_id for x in stakes],
             [x.stake_market for x in stakes],
             [x.amount for x in stakes],
-            [c[0] for c in closing],
-            [c[1] for c in closing],
         )
 
 
