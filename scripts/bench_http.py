@@ -218,7 +218,12 @@ def run_loadgen(mode: str, config: Path, extra: list[str], timeout: float,
         if ok:
             out["cpu_ms_per_bet"] = cpu_per_bet(usage, ok)
     if c0 is not None and c1 is not None and ok:
-        out["per_bet"] = {k: round((c1[k] - c0.get(k, 0)) / ok, 3) for k in c1}
+        delta = {k: c1[k] - c0.get(k, 0) for k in c1}
+        out["per_bet"] = {k: round(v / ok, 3) for k, v in delta.items() if not k.endswith(" s")}
+        out["cycle_ms"] = {
+            k.removesuffix(" s"): round(1000 * v / max(1, delta[f"{k.split()[0]} cycles"]), 2)
+            for k, v in delta.items() if k.endswith(" s")
+        }
     if profile is not None:
         out["profile"] = profile
     return out
@@ -400,6 +405,8 @@ class Cluster:
             for stats in ray.get([h.stats.remote() for h in handles]):
                 for what in ("calls", "cycles", "ops"):
                     out[f"{kind} {what}"] = out.get(f"{kind} {what}", 0) + stats[what]
+                for phase, seconds in stats["phase_seconds"].items():
+                    out[f"{kind} {phase} s"] = out.get(f"{kind} {phase} s", 0) + seconds
         out["pubsub events"] = ray.get(self.pubsub.ping.remote())["published"]
         out.update(asyncio.run(self._pg_counters()))
         return out
@@ -609,6 +616,13 @@ def report(results: dict) -> list[str]:
         for label, run in counted:
             lines.append(f"  {label + ' @' + str(run['concurrency']):<34}"
                          + "".join(f"{run['per_bet'].get(k, ''):>11}" for k, _ in PER_BET))
+    if counted:
+        phases = [k for k in counted[0][1].get("cycle_ms", {})]
+        lines += ["", "Milliseconds per commit cycle, by phase (the hosts' phase_seconds):",
+                  f"  {'run':<34}" + "".join(f"{k:>16}" for k in phases)]
+        for label, run in counted:
+            lines.append(f"  {label + ' @' + str(run['concurrency']):<34}"
+                         + "".join(f"{run.get('cycle_ms', {}).get(k, ''):>16}" for k in phases))
     fan = lo.get("fanout")
     if fan and "last_socket_p99" in fan:
         lines += ["", f"odds fan-out to {fan['sockets']} sockets, {fan['changes']} changes: "

@@ -120,6 +120,25 @@ async def _bet_states(conn: asyncpg.Connection) -> list[str]:
                                                  set())]
 
 
+# Every stake taken (`bet:<id>`) is its placed bet's, or was returned once
+# (`bet-return:<id>`); never both, never neither, and never for another amount.
+STAKES = """
+    select s.reference_id, s.amount, b.amount as placed, r.amount as returned
+      from wallets.operations s
+      left join bets.bets b on b.id = substr(s.reference_id, 5)::uuid
+           and b.user_id = s.wallet_id
+      left join wallets.operations r on r.wallet_id = s.wallet_id
+           and r.op_key = 'bet-return:' || substr(s.reference_id, 5)
+     where s.kind = 'stake'
+       and (b.amount is null) = (r.amount is null)
+        or s.kind = 'stake' and coalesce(b.amount, r.amount) <> s.amount"""
+
+
+async def _stakes(conn: asyncpg.Connection) -> list[str]:
+    return [f"stake {r['reference_id']} of {r['amount']}: placed {r['placed']}, "
+            f"returned {r['returned']}" for r in await conn.fetch(STAKES)]
+
+
 async def _totals(conn: asyncpg.Connection) -> list[str]:
     held = -(await conn.fetchval(
         "select coalesce(sum(amount), 0) from wallets.entries where account = 'external'"))
@@ -153,6 +172,7 @@ async def audit(dsn: str, acked: Acked, aio: Any) -> dict[str, dict[str, Any]]:
                 f"{rule}: {n}" for rule, n in (await ledger_violations(conn)).items()],
             "total money = deposits - withdrawals": await _totals(conn),
             "every bet final or legal": await _bet_states(conn),
+            "every stake placed or returned, once": await _stakes(conn),
             "nothing pending past its time-out": [] if not unfinished else
             [f"{unfinished} bets or reservations still unfinished after {SETTLE_S:.0f}s"],
             "memory agrees with PostgreSQL": [

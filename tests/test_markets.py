@@ -1032,12 +1032,14 @@ def test_a_stake_never_recorded_is_returned_and_its_bet_id_refused(
     assert [(r["kind"], r["amount"]) for r in kinds] == [("stake", 1_000), ("bet_refund", 1_000)]
 
 
-def test_a_stake_taken_for_a_market_that_does_not_exist_is_returned(lootify, run, aio):
-    """A market not in memory is only looked up in the cycle, after the stake."""
+def test_a_bet_on_a_market_that_does_not_exist_takes_no_stake(lootify):
+    """A market not in memory is looked up before any stake is taken: a 404 moves no
+    money, not even there and back."""
     user = funded(lootify, 10_000)
     with pytest.raises(NotFound):
         lootify.place_bet(user, str(uuid.uuid4()), "home", 1_000, accept_odds="any")
     assert balance(lootify, user) == (10_000, 10_000, 0)
+    assert [t["kind"] for t in lootify.wallet(user).transactions()] == ["deposit"]
 
 
 def inject_interrupted_bet(lootify, aio, run, dsn, market_id: str, user: str, amount: int) -> str:

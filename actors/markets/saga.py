@@ -39,7 +39,7 @@ from actors.settings import service_dsn
 from .messages import MoneyMoved, PlaceBet, Recover, ReturnStakes
 from .settings import MarketSettings
 from .state import Bet
-from .store import stored_bets
+from .store import existing_markets, stored_bets
 from .writes import (
     BetChanged,
     BetPlaced,
@@ -100,8 +100,10 @@ class BetSaga:
         to_stake: list[Op] = []
         # An activated market knows its own bets; a bet id used on another market is
         # caught by the bets' primary key (a careful cycle then refuses it). A market
-        # still to be activated must not take a stake for a bet it already holds.
+        # still to be activated is looked up: a stake is taken neither for a market that
+        # does not exist (a 404 moves no money) nor for a bet it already holds.
         cold: list[str] = []
+        cold_markets: set[str] = set()
         now = time.time()
         for op in ops:
             msg = op.message
@@ -110,6 +112,7 @@ class BetSaga:
             entry = self.host.entities.get(op.entity_id)
             if entry is None:
                 cold.append(msg.bet_id)
+                cold_markets.add(op.entity_id)
             else:
                 m = entry.state
                 if m.event_id is None or msg.bet_id in m.bets or msg.bet_id in (m.refused or ()):
@@ -122,14 +125,15 @@ class BetSaga:
             to_stake.append(op)
         if not to_stake:
             return
-        known = {}
         if cold:
             async with self.host.pool.acquire() as conn:
                 known = await stored_bets(conn, cold)
-        if known:
+                missing = cold_markets - await existing_markets(conn, list(cold_markets))
             for op in to_stake:
                 market_id = known[op.message.bet_id][0] if op.message.bet_id in known else None
-                if market_id == op.entity_id:
+                if op.entity_id in missing:
+                    op.prepared = "no market"  # the cycle answers not found
+                elif market_id == op.entity_id:
                     op.prepared = "known"  # a replay: the cycle answers the bet as it is
                 elif market_id is not None:
                     op.prepared = IdempotencyConflict(

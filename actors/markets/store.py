@@ -114,6 +114,12 @@ async def stored_bets(
     return {r["id"]: (r["market_id"], r["user_id"], r["placed"]) for r in rows}
 
 
+async def existing_markets(conn: asyncpg.Connection, ids: list[str]) -> set[str]:
+    """Those of `ids` that are markets."""
+    rows = await conn.fetch("select id::text from bets.markets where id = any($1::uuid[])", ids)
+    return {r["id"] for r in rows}
+
+
 @dataclass
 class Stored:
     """What one cycle wrote, for what follows its commit (publishing)."""
