@@ -26,7 +26,7 @@ from tests.pg_fixtures import create_database, fetch_rows, pg_data_dir, pg_dsn  
 
 TABLES = (
     "bets.lottery_draws, bets.round_results, bets.rounds, bets.round_series, "
-    "wallets.wallets, wallets.operations, wallets.entries, wallets.pending, "
+    "wallets.wallets, wallets.operations, wallets.entries, wallets.pending, wallets.open_stakes, "
     "bets.refused_bets, bets.bets, bets.markets, bets.events, "
     "gateway.deposits, gateway.withdrawals, gateway.webhook_events"
 )

@@ -242,7 +242,7 @@ def test_lootify_scale_out_and_back_in_under_load_loses_and_duplicates_nothing(
     assert set(acked_bets) <= set(stored_bets)
     assert all(stored_bets[b]["stake"] == "committed" for b in acked_bets)
     stakes = Counter(r["reference_id"] for r in sql(
-        "select reference_id from wallets.operations where kind = 'commit'"))
+        "select reference_id from wallets.operations where kind = 'stake'"))
     assert all(stakes[f"bet:{b}"] == 1 for b in acked_bets)
     assert activation_overlaps(sql) == []
     assert [len(router.handles) for router in aio.routers.values()] == [2, 1]
