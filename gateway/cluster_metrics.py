@@ -164,6 +164,12 @@ async def _business_families(ctx: Context) -> list[Metric]:
             "from bets.bets b join bets.markets m on m.id = b.market_id group by m.status",
             timeout=DB_TIMEOUT_S,
         )
+        stakes = await conn.fetchrow(
+            "select count(*) as open, coalesce(sum(amount), 0) as amount, "
+            "coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as oldest "
+            "from wallets.open_stakes",
+            timeout=DB_TIMEOUT_S,
+        )
     money = GaugeMetricFamily("lootify_players_money_minor_units",
                               "money the platform holds for its players (TVL)", labels=["state"])
     money.add_metric(["available"], held["available"])
@@ -175,7 +181,16 @@ async def _business_families(ctx: Context) -> list[Metric]:
     for row in bets:
         count.add_metric([row["status"]], row["bets"])
         staked.add_metric([row["status"]], row["staked"])
-    return [money, count, staked]
+    open_stakes = [
+        GaugeMetricFamily("lootify_open_stakes", "stakes taken whose bets are not yet "
+                          "recorded or returned", value=stakes["open"]),
+        GaugeMetricFamily("lootify_open_stakes_minor_units", "the money of the open stakes",
+                          value=stakes["amount"]),
+        GaugeMetricFamily("lootify_oldest_open_stake_seconds", "how long the oldest open stake "
+                          "has been open (past LOOTIFY_OPEN_STAKE_TIMEOUT_S and a few seconds, "
+                          "recovery is not returning it)", value=stakes["oldest"]),
+    ]
+    return [money, count, staked, *open_stakes]
 
 
 class _Families:

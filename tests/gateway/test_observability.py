@@ -113,4 +113,6 @@ def test_one_scrape_shows_hosts_replicas_and_money(api: httpx.Client, new_user,
                    status="200") >= 1
     assert re.search(r'lootify_replica_info\{pid="\d+",replica="[^"]+"\} 1', text)
     assert _sample(text, "lootify_players_money_minor_units", state="available") == 5000
+    assert _sample(text, "lootify_open_stakes") == 0  # nobody has bet yet
+    assert _sample(text, "lootify_oldest_open_stake_seconds") == 0
     assert _sample(text, "lootify_settlement_seconds_count") is not None
