@@ -9,8 +9,9 @@ create table wallets.open_stakes (
     wallet_id uuid not null,
     reference_id text not null,
     market_id uuid not null,
+    market_shard int not null,  -- each market host's recovery reads its own shards'
     amount bigint not null check (amount > 0),
     created_at timestamptz not null default now(),
     primary key (wallet_id, reference_id)
 );
-create index open_stakes_age on wallets.open_stakes (created_at);
+create index open_stakes_by_shard on wallets.open_stakes (market_shard, created_at);

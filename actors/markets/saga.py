@@ -33,7 +33,7 @@ from ray.exceptions import RayError
 
 from actors import wallets
 from actors.errors import IdempotencyConflict, LootifyError, NotFound, ReservationResolved
-from actors.runtime import Op, Router, connect_router, ignore_outcome, shard_of
+from actors.runtime import Op, Router, connect_router, ignore_outcome
 from actors.settings import service_dsn
 
 from .messages import MoneyMoved, PlaceBet, Recover, ReturnStakes
@@ -327,17 +327,16 @@ class BetSaga:
         ok, found = await asyncio.wait_for(
             random.choice(router.handles).query.remote(
                 "open_stakes",
-                {"older_than_s": self.settings.open_stake_timeout_s, "limit": OPEN_STAKES_BATCH},
+                {"shards": sorted(self.host.owned),
+                 "older_than_s": self.settings.open_stake_timeout_s, "limit": OPEN_STAKES_BATCH},
             ),
             self.host.settings.call_deadline_s,
         )
         if not ok:
             raise found
-        shards = self.host.settings.shards
         per_market: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
         for user_id, ref, market_id, amount in found:
-            if shard_of(market_id, shards) in self.host.owned:
-                per_market[market_id].append((ref.removeprefix(STAKE_PREFIX), user_id, amount))
+            per_market[market_id].append((ref.removeprefix(STAKE_PREFIX), user_id, amount))
         for market_id, stakes in per_market.items():
             self.host.submit(market_id, ReturnStakes(tuple(stakes))).add_done_callback(
                 ignore_outcome

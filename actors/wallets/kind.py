@@ -343,14 +343,16 @@ class WalletKind(EntityKind[Wallet]):
 
         cycle.after_commit.append(remember)
 
-    async def _open_stakes(self, older_than_s: float, limit: int) -> list[tuple]:
-        """Stakes open longer than `older_than_s`, oldest first, as
-        `(user id, reference id, market id, amount)`: for the markets' recovery."""
+    async def _open_stakes(self, shards: list[int], older_than_s: float, limit: int) -> list:
+        """Stakes for markets of `shards` open longer than `older_than_s`, oldest first,
+        as `(user id, reference id, market id, amount)`: for the markets' recovery."""
         async with self.host.pool.acquire() as conn:
             rows = await conn.fetch(
                 "select wallet_id::text, reference_id, market_id::text, amount "
-                "from wallets.open_stakes where created_at < now() - make_interval(secs => $1) "
-                "order by created_at limit $2",
+                "from wallets.open_stakes where market_shard = any($1::int[]) "
+                "and created_at < now() - make_interval(secs => $2) "
+                "order by created_at limit $3",
+                shards,
                 older_than_s,
                 limit,
             )
@@ -386,7 +388,7 @@ class WalletKind(EntityKind[Wallet]):
 
     async def query(self, name: str, args: dict[str, Any]) -> Any:
         if name == "open_stakes":
-            return await self._open_stakes(args["older_than_s"], args["limit"])
+            return await self._open_stakes(args["shards"], args["older_than_s"], args["limit"])
         if name == "close_stakes":
             return await self._close_stakes(args["stakes"])
         if name != "transactions":

@@ -52,8 +52,8 @@ with fence as (
      where w.user_id = u.user_id and w.seq = u.stored_seq
     returning 1
 ), opened as (
-    insert into wallets.open_stakes (wallet_id, reference_id, market_id, amount)
-    select * from unnest($38::uuid[], $39::text[], $40::uuid[], $41::bigint[])
+    insert into wallets.open_stakes (wallet_id, reference_id, market_id, market_shard, amount)
+    select * from unnest($38::uuid[], $39::text[], $40::uuid[], $41::int[], $42::bigint[])
 )
 select (select held from fence),
        runtime.expect_rows((select count(*) from updated), $37, 'wallet')
@@ -118,6 +118,7 @@ async def commit_cycle(
             [x.wallet.id for x in stakes],
             [x.reference_id for x in stakes],
             [x.stake_market for x in stakes],
+            [shard_of(x.stake_market, shards) for x in stakes if x.stake_market],
             [x.amount for x in stakes],
         )
 
