@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ import asyncpg
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from local_stack import free_port  # noqa: E402
 
 from actors.client import AsyncLootify, Settings  # noqa: E402
 from actors.ops import pgserver  # noqa: E402
@@ -212,12 +213,6 @@ async def bets(settings: Settings, dsn: str, results: dict, settle_size: int) ->
         results["ledger_audit"] = await ledger_violations(conn) or "clean"
     finally:
         await conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def prepare_database(base_dsn: str) -> str:

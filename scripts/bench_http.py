@@ -49,7 +49,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,7 @@ sys.path.insert(0, str(SCRIPTS))
 from bench_chart import NoFigures, chart  # noqa: E402
 from cpu_meter import CpuMeter, Usage  # noqa: E402
 from loadgen import HttpConnection, request_bytes  # noqa: E402
+from local_stack import free_port, wait_healthy  # noqa: E402
 from profiling import Profiler  # noqa: E402
 
 from actors.ops import pgserver  # noqa: E402
@@ -125,30 +125,8 @@ def log(msg: str) -> None:
     print(f"[bench-http {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def wait_healthy(url: str, deadline_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + deadline_s
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        try:
-            last = httpx.get(url + "/health", timeout=10, trust_env=False)
-            if last.status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become healthy: {last!r}")
 
 
 async def prepare_database(base_dsn: str) -> str:

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 import ray  # noqa: E402
+from local_stack import free_port  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from actors.client import AsyncLootify, LoopThread, Settings  # noqa: E402
@@ -66,12 +66,6 @@ SERVING_AGAIN_LIMIT_S = 20.0  # issue 13's bound
 
 def log(msg: str) -> None:
     print(f"[bench_scale {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], p: float) -> float | None:

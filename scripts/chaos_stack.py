@@ -15,15 +15,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
+from local_stack import free_port, wait_healthy
 
 # Ray notices a dead node after health_check_period_ms x failure_threshold (3000 x 5
 # by default, ~15 s); the node test's figures were taken with 1000 x 3.
@@ -31,12 +29,6 @@ HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold
 WORKER_NODES = 2
 REPLICAS = 2
 OPEN_STAKE_TIMEOUT_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def configure_environment() -> dict[str, str]:
@@ -97,7 +89,7 @@ class Stack:
         from actors.ops import pgserver
         from actors.ops.migrate import migrate
 
-        self.dsn = pgserver.start(self.pg_dir, port=_free_port())
+        self.dsn = pgserver.start(self.pg_dir, port=free_port())
         os.environ["DATABASE_URL"] = self.dsn
         asyncio.run(migrate(self.dsn))
         log(f"PostgreSQL up under {self.pg_dir}, migrations applied")
@@ -113,28 +105,15 @@ class Stack:
                  log_to_driver=False, runtime_env={"env_vars": env})
         log(f"Ray cluster up: a zero-CPU head and {WORKER_NODES} one-CPU workers")
         ray.get(scheduler(Settings()).start.remote(), timeout=120)
-        port = _free_port()
+        port = free_port()
         # The proxy on the head only: every node of this cluster is on one machine, and
         # proxies on the workers would all ask for the same port.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         serve.run(serve_app.build(env, replicas=REPLICAS), name="lootify", route_prefix="/",
                   blocking=False)
         self.url = f"http://127.0.0.1:{port}"
-        self._wait_healthy()
+        wait_healthy(self.url, 180.0)
         log(f"Serve app healthy at {self.url} ({REPLICAS} replicas)")
-
-    def _wait_healthy(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                last = httpx.get(self.url + "/health", timeout=10)
-                if last.status_code == 200:
-                    return
-            except httpx.HTTPError as exc:
-                last = exc
-            time.sleep(0.5)
-        raise RuntimeError(f"the Serve app did not become healthy: {last!r}")
 
     def add_worker(self) -> None:
         """A new one-CPU worker node, from any thread: `Cluster.add_node` installs a

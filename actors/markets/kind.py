@@ -103,6 +103,10 @@ _KEPT_REFUSALS = {**REPLAYED_REFUSALS, NotFound.code: NotFound,
 NEVER_PLACED = "this bet was not placed and its stake was returned; use a new key"
 
 
+def _return_stake(m: Market, msg: PlaceBet, cycle: Cycle) -> None:
+    cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
+
+
 def _replayed_refusal(refusal: Refusal, msg: PlaceBet) -> LootifyError:
     if refusal.user_id != msg.user_id or msg.request_hash not in (None, refusal.request_hash):
         return IdempotencyConflict(f"bet {msg.bet_id} was refused for another request")
@@ -237,16 +241,16 @@ class MarketKind(EntityKind[Market]):
         existing = m.bets.get(msg.bet_id)
         if existing is not None:
             if staked and existing.user_id != msg.user_id:
-                cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
+                _return_stake(m, msg, cycle)
             return _replayed(m, existing, msg)
         refusal = m.refused.get(msg.bet_id) if m.refused else None
         if refusal is not None:
             if staked:
-                cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
+                _return_stake(m, msg, cycle)
             raise _replayed_refusal(refusal, msg)
         if msg.bet_id in self.stored_bets:
             if staked:
-                cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
+                _return_stake(m, msg, cycle)
             raise IdempotencyConflict(f"bet {msg.bet_id} exists on another market")
         try:
             if isinstance(op.prepared, BaseException):
@@ -297,7 +301,7 @@ class MarketKind(EntityKind[Market]):
         """A bet refused after its stake was taken: refused for good, stake returned."""
         refusal = Refusal(msg.user_id, msg.request_hash or "", exc.code, exc.message)
         self._keep_refusal(m, msg.bet_id, refusal, cycle)
-        cycle.writes.append(StakeReturned(m.id, msg.user_id, msg.bet_id, msg.amount))
+        _return_stake(m, msg, cycle)
 
     def _return_open(self, m: Market, msg: ReturnStakes, cycle: Cycle) -> int:
         """Stakes left open past their time-out: a bet this market has keeps its stake;

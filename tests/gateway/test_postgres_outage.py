@@ -220,19 +220,11 @@ def _outage_under_traffic(api: httpx.Client, new_user, run, aio, database_url: s
 
 
 
-def test_postgres_hung_for_ten_seconds_under_money_traffic(
+@pytest.mark.parametrize("outage", [postgres_hung, postgres_down], ids=["hung", "stopped"])
+def test_postgres_away_for_ten_seconds_under_money_traffic(
         api: httpx.Client, new_user, run, aio, database_url: str,
-        pg_data_dir: Path | None) -> None:
+        pg_data_dir: Path | None, outage) -> None:
     if pg_data_dir is None:
         pytest.skip("DATABASE_URL names a server this test may not stop")
     _outage_under_traffic(api, new_user, run, aio, database_url,
-                          lambda: postgres_hung(pg_data_dir))
-
-
-def test_postgres_stopped_for_ten_seconds_under_money_traffic(
-        api: httpx.Client, new_user, run, aio, database_url: str,
-        pg_data_dir: Path | None) -> None:
-    if pg_data_dir is None:
-        pytest.skip("DATABASE_URL names a server this test may not stop")
-    _outage_under_traffic(api, new_user, run, aio, database_url,
-                          lambda: postgres_down(pg_data_dir))
+                          lambda: outage(pg_data_dir))
