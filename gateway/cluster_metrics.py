@@ -91,7 +91,11 @@ def _host_families(stats: list[tuple[str, str, dict[str, Any] | None]]) -> list[
         "rss": GaugeMetricFamily("lootify_host_rss_bytes", "resident memory", labels=labels),
     }
     counters = {
-        "calls": CounterMetricFamily("lootify_host_calls", "Ray calls received", labels=labels),
+        "calls": CounterMetricFamily("lootify_host_calls", "calls received (batches of messages)",
+                                     labels=labels),
+        "linked_calls": CounterMetricFamily("lootify_host_linked_calls",
+                                            "calls received over direct links, not Ray",
+                                            labels=labels),
         "activations": CounterMetricFamily("lootify_host_activations",
                                            "entities loaded from PostgreSQL", labels=labels),
         "passivations": CounterMetricFamily("lootify_host_passivations",

@@ -125,6 +125,8 @@ class Context:
         if self.payments is not None:
             await self.payments.close()
         self.odds_cache.stop()
+        if self._aio is not None:
+            self._aio.close()
         await self.subscriber.close()
         if self.pool is not None:
             await self.pool.close()
@@ -137,7 +139,8 @@ class Context:
             if self._aio is None:
                 try:
                     self._aio = await asyncio.wait_for(
-                        AsyncLootify.create(settings=self.cluster_settings), timeout=10
+                        AsyncLootify.create(settings=self.cluster_settings, direct=True),
+                        timeout=10,
                     )
                 except Exception as exc:
                     log.warning("cannot reach the host actors: %r", exc)

@@ -2,12 +2,15 @@
 
 Ray restarts the host (same name, new process); the router retries the batches the
 dead host never answered, with the same reference ids, so nothing acknowledged is lost
-and nothing is done twice. Every wait is a poll with a deadline.
+and nothing is done twice; through Ray calls, and over direct links (which break with
+the process, and are opened again to the new one). Every wait is a poll with a
+deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -20,9 +23,11 @@ import pytest
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors.client import AsyncLootify
 from actors.errors import LootifyError, Unavailable
 from actors.runtime import KindSettings, RuntimeSettings, connect_router, host_name, kind_named
 from actors.runtime.coordinator import COORDINATOR_NAME
+from actors.runtime.link import Link, LinkDown
 from actors.runtime.wire import decode_outcomes, encode_batch
 from actors.wallets import Balance, GetBalance
 from tests.polling import wait_until
@@ -35,8 +40,33 @@ CHUNK = 50  # deposits issued together, then a short pause: the load lasts ~0.5 
 RECOVERY_LIMIT_S = 5.0
 
 
+@pytest.fixture(params=["ray", "direct"])
+def client(request, aio, run, settings) -> Any:
+    """The session's client (Ray calls), or one whose wallet router uses direct links."""
+    if request.param == "ray":
+        yield aio
+        return
+    direct = run(AsyncLootify.create(kinds=("wallets",), settings=settings, direct=True))
+    yield direct
+
+    async def close() -> None:
+        direct.close()
+
+    run(close())
 
 
+def linked_calls(handle: Any) -> int:
+    return ray.get(handle.stats.remote(), timeout=30)["linked_calls"]
+
+
+def link_up(run: Any, client: Any, uid: str) -> bool:
+    """Whether the router had an open link to `uid`'s host for a call to it (the first
+    call through Ray opens one)."""
+    router = client.routers["wallets"]
+    slot = router.links.get(router.host_of(uid))
+    up = slot is not None and slot.link is not None and not slot.link.closed
+    run(client.wallet(uid).balance())
+    return up
 
 
 async def bounded(awaitable: Any, timeout: float, what: str) -> Any:
@@ -46,13 +76,17 @@ async def bounded(awaitable: Any, timeout: float, what: str) -> Any:
         raise AssertionError(f"no answer in {timeout}s: {what}") from None
 
 
-def test_sigkill_wallet_host_under_load(aio, run, sql, settings):
+def test_sigkill_wallet_host_under_load(client, run, sql, settings):
+    aio = client
     router = aio.routers["wallets"]
     wallets = [str(uuid.uuid4()) for _ in range(WALLETS)]
     victim = Counter(router.host_of(u) for u in wallets).most_common(1)[0][0]
     handle = router.handles[victim]
     old_pid = ray.get(handle.pid.remote(), timeout=30)
     probe = next(u for u in wallets if router.host_of(u) == victim)
+    if router.direct:
+        wait_until(lambda: link_up(run, aio, probe), timeout=10, what="the link to the host")
+        linked_before = linked_calls(handle)
     plan = [(wallets[i % WALLETS], f"dep-{i}", 1 + (i * 7_919) % 1_000) for i in range(DEPOSITS)]
     expected: dict[str, int] = defaultdict(int)
     for uid, _, amount in plan:
@@ -94,7 +128,9 @@ def test_sigkill_wallet_host_under_load(aio, run, sql, settings):
                 recovery = asyncio.ensure_future(first_answer_after(killed_at))
             await asyncio.sleep(0.007)
         await bounded(asyncio.gather(*tasks), 30, "the deposits after the kill")
+        assert killed_at is not None
         return {"acked": acked, "failed": failed, "in_flight": in_flight,
+                "answered_s": time.monotonic() - killed_at,
                 "recovery_s": await bounded(recovery, 30, "the killed host to answer again")}
 
     result = run(load())
@@ -104,6 +140,9 @@ def test_sigkill_wallet_host_under_load(aio, run, sql, settings):
 
     # The host came back within the limit, under its name, as a new process.
     assert result["recovery_s"] < RECOVERY_LIMIT_S, f"recovered in {result['recovery_s']:.2f}s"
+    # Calls the kill left unanswered were sent again as soon as the host was back, not
+    # left to their deadline (a broken link fails its calls at once).
+    assert result["answered_s"] < RECOVERY_LIMIT_S + 2, f"answered in {result['answered_s']:.2f}s"
     new_pid = ray.get(handle.pid.remote(), timeout=30)
     assert new_pid != old_pid
     named = ray.get_actor(host_name("wallets", victim), namespace=settings.namespace)
@@ -154,6 +193,12 @@ def test_sigkill_wallet_host_under_load(aio, run, sql, settings):
     assert dict(zip(wallets, run(balances()), strict=True)) == {
         uid: Balance(expected[uid], expected[uid], 0) for uid in wallets}
 
+    if router.direct:  # the load went over the link, and a link reaches the new process
+        assert not router.links[victim].closed
+        wait_until(lambda: link_up(run, aio, probe), timeout=10, what="a link to the new host")
+        assert linked_calls(handle) > 0
+        assert linked_before > 0
+
 
 def test_killed_host_is_restarted_under_its_name(aio, run, settings, sql):
     """An idle host SIGKILLed: Ray starts a new process under the same name, which
@@ -193,6 +238,65 @@ def test_killed_host_is_restarted_under_its_name(aio, run, settings, sql):
         Balance(700, 500, 200), Balance(500, 500, 0))
     assert sql("select available, reserved from wallets.wallets where user_id = $1",
                uid)[0][:] == (500, 0)
+
+
+def test_a_link_without_the_hosts_secret_is_refused(aio, run):
+    """A process that can reach a host's port but did not get its endpoint from Ray
+    (which carries the secret) is disconnected before any batch is read."""
+    router = aio.routers["wallets"]
+    handle = router.handles[0]
+    address, port, secret, protocol = ray.get(handle.endpoint.remote(), timeout=30)
+    served = linked_calls(handle)
+    probe = next(str(u) for u in iter(uuid.uuid4, None) if router.host_of(str(u)) == 0)
+    payload = encode_batch([(probe, GetBalance())])
+
+    async def with_secret(offered: bytes) -> bytes:
+        link = await Link.open((address, port, offered, protocol))
+        try:
+            return await asyncio.wait_for(link.call(payload), 10)
+        finally:
+            link.close()
+
+    with pytest.raises(LinkDown):
+        run(with_secret(bytes(len(secret))))
+    assert linked_calls(handle) == served
+    ok, balance = decode_outcomes(run(with_secret(secret)))[0]
+    assert ok and isinstance(balance, Balance)
+    assert linked_calls(handle) == served + 1
+
+
+def test_a_link_to_a_host_that_stops_answering_is_closed(aio, run, settings):
+    """A host that stops answering (SIGSTOPped here; in production, a node cut off from
+    the cluster while Ray restarts its hosts elsewhere) fails a call over its link at
+    the call deadline, and the link is closed: the next calls go through Ray, which
+    reaches the live process, until a link to it is open."""
+    quick = dataclasses.replace(
+        settings, runtime=dataclasses.replace(settings.runtime, call_deadline_s=1.0))
+    client = run(AsyncLootify.create(kinds=("wallets",), settings=quick, direct=True))
+    router = client.routers["wallets"]
+    uid = str(uuid.uuid4())
+    assert run(client.wallet(uid).deposit(100, reference_id="before")) == Balance(100, 100, 0)
+    wait_until(lambda: link_up(run, client, uid), timeout=10, what="the link to the host")
+    host = router.host_of(uid)
+    link = router.links[host].link
+    assert link is not None
+    pid = ray.get(router.handles[host].pid.remote(), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            run(client.wallet(uid).balance())
+        assert time.monotonic() - started < 5
+        assert link.closed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert run(client.wallet(uid).balance()) == Balance(100, 100, 0)
+    wait_until(lambda: link_up(run, client, uid), timeout=10, what="a new link to the host")
+
+    async def close() -> None:
+        client.close()
+
+    run(close())
 
 
 def test_connecting_to_hosts_that_cannot_start_fails_within_the_deadline(run, settings):

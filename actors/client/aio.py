@@ -136,9 +136,12 @@ class AsyncLootify:
         cls,
         *,
         batching: bool = True,
+        direct: bool = False,
         kinds: tuple[str, ...] = ("wallets", "markets"),
         settings: Settings | None = None,
     ) -> AsyncLootify:
+        """`direct`: for a long-lived server process, send over direct links to the
+        hosts (`actors.runtime.link`); `close` them when done."""
         settings = settings or Settings()
         # The broker is made here, by whoever brings the hosts up, not by a host on its
         # first event: made from inside a busy host, it burnt ~0.05-0.08 cores more under
@@ -153,8 +156,14 @@ class AsyncLootify:
                 settings.runtime,
                 settings.of_kind(name),
                 batching=batching,
+                direct=direct,
             )
         return cls(routers, settings)
+
+    def close(self) -> None:
+        """Close the direct links (calls after go through Ray)."""
+        for router in self.routers.values():
+            router.close()
 
     def wallet(self, user_id: object) -> AsyncWallet:
         router = self.routers["wallets"]

@@ -89,6 +89,7 @@ class BetSaga:
                 service_dsn(wallets.WalletKind.service),
                 self.host.settings,
                 wallets.WalletSettings(),
+                direct=True,
             )
         return self._wallets
 

@@ -42,6 +42,7 @@ from .directory import host_name, take_lease, take_up_shards
 from .errors import EntityCrashed, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
 from .kind import Cycle, EntityKind, Op
+from .link import Endpoint, Listener
 from .logs import log_json
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_batch, encode_outcomes
@@ -109,6 +110,8 @@ class EntityHost:
         # (reads of entities in memory are answered from it) instead of queueing up
         # behind a cycle that cannot commit.
         self.breaker = Breaker(f"{kind.name}-host-{index}", settings.breaker, ping=self._ping)
+        # Routers' batches over their own connections, beside Ray's calls (`call`).
+        self.listener = Listener(self.call)
         # The messages of the cycle under way, and the entities it has changed so far:
         # their memory may be ahead of PostgreSQL until it commits.
         self.running: list[Op] = []
@@ -159,6 +162,10 @@ class EntityHost:
         async with self.pool.acquire() as conn, conn.transaction():
             self.incarnation = await take_lease(conn, self.kind_name, self.index)
             self._own(await take_up_shards(conn, self.kind_name, self.index, self.incarnation))
+        try:
+            await self.listener.start(ray.util.get_node_ip_address())
+        except OSError as exc:  # routers reach this host through Ray alone
+            log.warning("%s host %d: no direct link: %r", self.kind_name, self.index, exc)
         asyncio.ensure_future(self._cycles())
         asyncio.ensure_future(self._housekeeping())
         asyncio.ensure_future(self._shed_when_hung())
@@ -190,6 +197,11 @@ class EntityHost:
                 },
             )
         return encode_outcomes(outcomes)
+
+    async def endpoint(self) -> Endpoint | None:
+        """Where routers open a direct link to this process (`actors.runtime.link`)."""
+        await self._ready()
+        return self.listener.endpoint
 
     def set_log_level(self, level: str) -> None:
         """DEBUG logs every call with its request ids; INFO only slow calls and faults."""
@@ -367,6 +379,7 @@ class EntityHost:
             "entities": len(self.entities),
             "queued": len(self.queue),
             "calls": self.calls,
+            "linked_calls": self.listener.served,
             "cycles": self.cycles,
             "ops": self.ops_done,
             "phase_seconds": dict(self.phase_seconds),

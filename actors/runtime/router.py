@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -13,12 +14,17 @@ from .directory import Placement
 from .errors import InvalidInput, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
 from .kind import EntityKind
+from .link import Link, LinkDown
 from .liveness import ACTOR_DOWN
 from .logs import REQUEST_ID
 from .settings import KindSettings, RuntimeSettings
 from .wire import decode_outcomes, encode_batch
 
+log = logging.getLogger(__name__)
+
 HOST_CACHE_MAX = 100_000
+# A link that could not be opened (or broke) is tried again after this long.
+LINK_RETRY_S = 1.0
 
 
 class Router:
@@ -33,7 +39,8 @@ class Router:
     its reference id, so a retry never acts twice. A message a host answers
     `WrongHost` (its shard moved) is sent again where the coordinator says the shard
     is now, or fails `Unavailable` if the coordinator names no new owner within the
-    deadline.
+    deadline. With `direct`, calls go over a link of their own to each host once it is
+    open (`actors.runtime.link`); `close` closes them.
     """
 
     def __init__(
@@ -44,10 +51,13 @@ class Router:
         settings: RuntimeSettings,
         *,
         batching: bool = True,
+        direct: bool = False,
         epoch: int = 0,
         registration: Registration | None = None,
     ) -> None:
         self.kind = kind
+        self.direct = direct
+        self.links: dict[int, _LinkSlot] = {}
         self.handles = handles
         self.directory = directory
         self.epoch = epoch
@@ -145,17 +155,22 @@ class Router:
             return
         args = (payload, request_ids) if request_ids else (payload,)
         while True:
+            link = self._link(host) if self.direct else None
             try:
                 # Bounded: a host that is alive but stuck (paused, or its commit hung)
                 # raises nothing. The messages may still take effect there; each is
                 # idempotent by its reference id, so the caller's retry is safe.
-                answer = self.handles[host].call.remote(*args)
+                answer = link.call(*args) if link else self.handles[host].call.remote(*args)
                 remaining = max(0.0, deadline - time.monotonic())
                 outcomes = decode_outcomes(await asyncio.wait_for(answer, remaining))
                 break
             except TimeoutError:
+                if link is not None:  # a host cut off keeps its link open while Ray
+                    link.close()  # restarts it elsewhere: let Ray find the live one
                 _fail(batch, Unavailable(f"{self.kind} host {host} did not answer in time"))
                 return
+            except LinkDown:
+                continue  # the host may be down or restarting: through Ray, which knows
             except ACTOR_DOWN:
                 if await self._rerouted(host, batch):
                     return
@@ -179,6 +194,8 @@ class Router:
             else:
                 future.set_exception(value)
         if moved:  # on its own: the call's slot is free for the host's other shards
+            if link is not None:  # perhaps a fenced old process: Ray reaches the new one
+                link.close()
             asyncio.ensure_future(self._redirect(host, moved))
 
     async def _rerouted(self, host: int, batch: list[Queued]) -> bool:
@@ -213,6 +230,45 @@ class Router:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    def _link(self, host: int) -> Link | None:
+        """The open link to `host`, if any. Otherwise one is being opened in the
+        background (at most once every LINK_RETRY_S), and calls go through Ray."""
+        handle = self.handles[host]
+        slot = self.links.get(host)
+        if slot is None or slot.handle is not handle:  # a new host there
+            if slot is not None:
+                slot.close()
+            slot = self.links[host] = _LinkSlot(handle)
+        if slot.link is not None and not slot.link.closed:
+            return slot.link
+        now = time.monotonic()
+        if slot.opening is None and now - slot.tried_at >= LINK_RETRY_S:
+            slot.tried_at = now
+            slot.opening = asyncio.ensure_future(self._open_link(slot))
+        return None
+
+    async def _open_link(self, slot: _LinkSlot) -> None:
+        try:
+            endpoint = await asyncio.wait_for(
+                slot.handle.endpoint.remote(), self.settings.call_deadline_s
+            )
+            if endpoint is not None:
+                link = await Link.open(endpoint)
+                if slot.closed:
+                    link.close()
+                else:
+                    slot.link = link
+        except Exception as exc:  # noqa: BLE001  (Ray carries the calls meanwhile)
+            log.debug("%s: no link to a host yet: %r", self.kind, exc)
+        finally:
+            slot.opening = None
+
+    def close(self) -> None:
+        """Close the links to the hosts (a router is usable after, through Ray)."""
+        for slot in self.links.values():
+            slot.close()
+        self.links.clear()
+
     async def refresh(self) -> None:
         """Learn where the shards are now (after hosts were added or retired)."""
         await self._refresh_directory(time.monotonic() + self.settings.call_deadline_s)
@@ -239,6 +295,26 @@ class Router:
         if placement is None and self.registration is not None:
             placement = await self._coordinator.register.remote(self.registration)
         return placement
+
+
+class _LinkSlot:
+    """The link to one host handle: open, being opened, or last tried when."""
+
+    __slots__ = ("handle", "link", "opening", "tried_at", "closed")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.link: Link | None = None
+        self.opening: asyncio.Future | None = None
+        self.tried_at = float("-inf")
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.opening is not None:
+            self.opening.cancel()
+        if self.link is not None:
+            self.link.close()
 
 
 class _Gathered:
@@ -313,6 +389,7 @@ async def connect_router(
     kind_settings: KindSettings,
     *,
     batching: bool = True,
+    direct: bool = False,
 ) -> Router:
     """A router to every host of `kind`: the coordinator takes charge of the kind (its
     directory, its hosts) if it had not. `Unavailable` when that is not done within
@@ -334,6 +411,7 @@ async def connect_router(
         placement.directory,
         settings,
         batching=batching,
+        direct=direct and settings.direct_calls,
         epoch=placement.epoch,
         registration=registration,
     )

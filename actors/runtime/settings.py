@@ -51,6 +51,11 @@ class RuntimeSettings:
     # travel together in the next call.
     calls_in_flight: int = field(default_factory=lambda: env_int("LOOTIFY_CALLS_IN_FLIGHT", 1))
     batch_max: int = field(default_factory=lambda: env_int("LOOTIFY_BATCH_MAX", 1000))
+    # Servers' routers send their batches over direct links to the hosts (`link`),
+    # and through Ray only while no link is up; "off": always through Ray.
+    direct_calls: bool = field(
+        default_factory=lambda: os.environ.get("LOOTIFY_DIRECT_CALLS", "on") != "off"
+    )
     call_deadline_s: float = field(
         default_factory=lambda: env_float("LOOTIFY_CALL_DEADLINE_S", 15.0)
     )
