@@ -39,7 +39,7 @@ from actors.money import MAX_AMOUNT
 from actors.ops.audit import ledger_violations
 from actors.runtime.wire import decode_outcomes, encode_batch
 from actors.wallets import Balance, Deposit, GetBalance, Withdraw
-from actors.wallets.messages import MAX_TIMEOUT_S
+from actors.wallets.messages import MAX_TIMEOUT_S, Stake
 from tests.polling import wait_until
 
 # -- helpers -----------------------------------------------------------------------
@@ -238,6 +238,28 @@ def test_resolving_an_unknown_reservation_is_not_found(wallet, sql):
         w.commit("d-1")
     assert w.balance() == Balance(1_000, 1_000, 0)
     assert op_count(sql, uid) == 1
+
+
+def test_a_stake_sent_again_to_a_new_activation_is_answered_once(wallet, aio, run, sql):
+    """The host's memory no longer holds a stake it committed (reset here; in
+    production, its host died after the commit and before the answer, and the market
+    sends the stake again to the new process): the stored rows, its open stake among
+    them, refuse the second debit, and the replay gets the first answer."""
+    uid = new_id()
+    wallet(uid).deposit(1_000, reference_id="d-1")
+    router = aio.routers["wallets"]
+    stake = Stake(300, f"bet:{new_id()}", new_id())
+
+    async def send() -> Any:
+        return await router.call(uid, stake)
+
+    first = run(send())
+    run(_reset_hosts(aio))
+    assert run(send()) == first
+    assert stored(sql, uid) == (700, 0)
+    assert op_count(sql, uid) == 2
+    assert sql("select count(*) as n from wallets.open_stakes where wallet_id = $1",
+               uid)[0]["n"] == 1
 
 
 # -- reservation time-out ------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Direct links: a router's batches to a host over a TCP connection of its own.
 
 A Ray actor call hands the call and its answer across several of Ray's threads in
-both processes; on this 2-core machine that is most of a host's CPU and milliseconds
-of every round under load. So a host also listens on a socket (`Listener`), and a
+both processes: on this 2-core machine about 40% of a host's CPU, and milliseconds of
+every round under load. So a host also listens on a socket (`Listener`), and a
 router that has reached it sends its batches there (`Link`): the same payload and
 answer as `EntityHost.call`, framed. Erlang's distribution does the same: nodes talk
 over connections of their own, beside whatever found them.

@@ -155,6 +155,10 @@ class Router:
             return
         args = (payload, request_ids) if request_ids else (payload,)
         while True:
+            if host >= len(self.handles):  # a refresh retired the host: send where it says
+                for entity_id, message, future in batch:
+                    _chain(self.call(entity_id, message), future)
+                return
             link = self._link(host) if self.direct else None
             try:
                 # Bounded: a host that is alive but stuck (paused, or its commit hung)

@@ -77,8 +77,12 @@ async def commit_cycle(
     old = [w for w in touched.values() if w.stored_seq >= 0]
     entries = [(x.wallet.id, x.seq, acct, amt) for x in writes for acct, amt in x.entries]
     stakes = [x for x in writes if x.stake_market is not None]
+    # A stake still open is a reference used before too; the statement may meet its
+    # row before the operation's (PostgreSQL runs the inserts in no promised order).
     with commit_checks(), retry_carefully_on_duplicate(
         "a reference id was used before this activation", constraint="operations_pkey"
+    ), retry_carefully_on_duplicate(
+        "a stake's reference id was used before this activation", constraint="open_stakes_pkey"
     ):
         await conn.execute(
             _COMMIT,
