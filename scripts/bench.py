@@ -32,12 +32,11 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from local_stack import free_port  # noqa: E402
+from local_stack import free_port, fresh_database  # noqa: E402
 
 from actors.client import AsyncLootify, Settings  # noqa: E402
 from actors.ops import pgserver  # noqa: E402
 from actors.ops.audit import ledger_violations  # noqa: E402
-from actors.ops.migrate import migrate  # noqa: E402
 from actors.runtime import RuntimeSettings, shard_of  # noqa: E402
 from actors.settings import PROJECT_ROOT  # noqa: E402
 
@@ -215,18 +214,6 @@ async def bets(settings: Settings, dsn: str, results: dict, settle_size: int) ->
         await conn.close()
 
 
-async def prepare_database(base_dsn: str) -> str:
-    conn = await asyncpg.connect(base_dsn)
-    try:
-        await conn.execute('drop database if exists "lootify_bench" with (force)')
-        await conn.execute('create database "lootify_bench"')
-    finally:
-        await conn.close()
-    dsn = base_dsn.rsplit("/", 1)[0] + "/lootify_bench"
-    await migrate(dsn)
-    return dsn
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
@@ -240,7 +227,7 @@ def main() -> int:
         pg_dir = Path(tempfile.mkdtemp(prefix="lootify-bench-pg-"))
         base = pgserver.start(pg_dir, port=free_port())
     try:
-        dsn = asyncio.run(prepare_database(base))
+        dsn = asyncio.run(fresh_database(base, "lootify_bench"))
         os.environ["DATABASE_URL"] = dsn  # the clients below create hosts with it
         settings = Settings(
             runtime=RuntimeSettings(namespace=f"lootify-bench-{os.getpid()}", idle_seconds=3600)

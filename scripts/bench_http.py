@@ -71,12 +71,11 @@ sys.path.insert(0, str(SCRIPTS))
 from bench_chart import NoFigures, chart  # noqa: E402
 from cpu_meter import CpuMeter, Usage  # noqa: E402
 from loadgen import HttpConnection, request_bytes  # noqa: E402
-from local_stack import free_port, wait_healthy  # noqa: E402
+from local_stack import free_port, fresh_database, wait_healthy  # noqa: E402
 from profiling import Profiler  # noqa: E402
 
 from actors.ops import pgserver  # noqa: E402
 from actors.ops.audit import ledger_violations  # noqa: E402
-from actors.ops.migrate import migrate  # noqa: E402
 from actors.settings import PROJECT_ROOT  # noqa: E402
 
 DB_NAME = "lootify_bench_http"
@@ -127,18 +126,6 @@ def log(msg: str) -> None:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-async def prepare_database(base_dsn: str) -> str:
-    conn = await asyncpg.connect(base_dsn)
-    try:
-        await conn.execute(f'drop database if exists "{DB_NAME}" with (force)')
-        await conn.execute(f'create database "{DB_NAME}"')
-    finally:
-        await conn.close()
-    dsn = base_dsn.rsplit("/", 1)[0] + "/" + DB_NAME
-    await migrate(dsn)
-    return dsn
 
 
 # -- one measured run ------------------------------------------------------------------------
@@ -729,7 +716,7 @@ def main() -> int:
             pg_dir = work / "pg"
             base = pgserver.start(pg_dir, port=free_port())
             METER.pg_pid = pgserver.pid(pg_dir)
-        dsn = asyncio.run(prepare_database(base))
+        dsn = asyncio.run(fresh_database(base, DB_NAME))
         if not args.skip_rowlock:
             results["rowlock"] = bench_rowlock(dsn, args, work)
         if not args.skip_lootify:

@@ -47,14 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 import ray  # noqa: E402
-from local_stack import free_port  # noqa: E402
+from local_stack import free_port, fresh_database  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from actors.client import AsyncLootify, LoopThread, Settings  # noqa: E402
 from actors.errors import LootifyError  # noqa: E402
 from actors.ops import pgserver  # noqa: E402
 from actors.ops.audit import ledger_violations  # noqa: E402
-from actors.ops.migrate import migrate  # noqa: E402
 from actors.runtime import Unavailable, coordinator_handle  # noqa: E402
 from actors.settings import PROJECT_ROOT  # noqa: E402
 
@@ -257,18 +256,6 @@ async def check_stored(dsn: str, acked: dict[str, str]) -> dict[str, Any]:
             "audit": audit or "clean"}
 
 
-async def prepare_database(base_dsn: str) -> str:
-    conn = await asyncpg.connect(base_dsn)
-    try:
-        await conn.execute('drop database if exists "lootify_bench_scale" with (force)')
-        await conn.execute('create database "lootify_bench_scale"')
-    finally:
-        await conn.close()
-    dsn = base_dsn.rsplit("/", 1)[0] + "/lootify_bench_scale"
-    await migrate(dsn)
-    return dsn
-
-
 def report(r: dict[str, Any]) -> list[str]:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}"
@@ -312,7 +299,7 @@ def main() -> int:
         base = pgserver.start(pg_dir, port=free_port())
     cluster = None
     try:
-        dsn = asyncio.run(prepare_database(base))
+        dsn = asyncio.run(fresh_database(base, "lootify_bench_scale"))
         os.environ["DATABASE_URL"] = dsn  # the clients below create hosts with it
         cluster = Cluster(initialize_head=True,
                           head_node_args={"num_cpus": 0,

@@ -1,5 +1,5 @@
-"""What the scripts that start servers on this machine share: a free port, and
-waiting for a server's `/health`."""
+"""What the scripts that start servers on this machine share: a free port, waiting
+for a server's `/health`, and a fresh database of their own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import socket
 import subprocess
 import time
 
+import asyncpg
 import httpx
+
+from actors.ops.migrate import migrate
 
 
 def free_port() -> int:
@@ -31,3 +34,16 @@ def wait_healthy(url: str, deadline_s: float, proc: subprocess.Popen | None = No
             last = exc
         time.sleep(0.5)
     raise RuntimeError(f"{url} did not become healthy: {last!r}")
+
+
+async def fresh_database(base_dsn: str, name: str) -> str:
+    """Drop and create database `name` on `base_dsn`'s server, migrated; its DSN."""
+    conn = await asyncpg.connect(base_dsn)
+    try:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+        await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
+    dsn = base_dsn.rsplit("/", 1)[0] + "/" + name
+    await migrate(dsn)
+    return dsn
