@@ -7,9 +7,9 @@ import socket
 import subprocess
 import time
 
-import asyncpg
 import httpx
 
+from actors.ops.databases import create_database
 from actors.ops.migrate import migrate
 
 
@@ -37,13 +37,7 @@ def wait_healthy(url: str, deadline_s: float, proc: subprocess.Popen | None = No
 
 
 async def fresh_database(base_dsn: str, name: str) -> str:
-    """Drop and create database `name` on `base_dsn`'s server, migrated; its DSN."""
-    conn = await asyncpg.connect(base_dsn)
-    try:
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    dsn = base_dsn.rsplit("/", 1)[0] + "/" + name
+    """Database `name` on `base_dsn`'s server, new (a leftover is dropped) and migrated."""
+    dsn = await create_database(base_dsn, name)
     await migrate(dsn)
     return dsn

@@ -19,10 +19,11 @@ import serve_app
 from actors.client import AsyncLootify, LoopThread, Lootify, Settings
 from actors.markets import MarketSettings
 from actors.ops.audit import ledger_violations
+from actors.ops.databases import create_database
 from actors.ops.migrate import migrate
 from actors.runtime import RuntimeSettings
 from actors.wallets import WalletSettings
-from tests.pg_fixtures import create_database, fetch_rows, pg_data_dir, pg_dsn  # noqa: F401
+from tests.pg_fixtures import fetch_rows, pg_data_dir, pg_dsn  # noqa: F401
 
 TABLES = (
     "bets.lottery_draws, bets.round_results, bets.rounds, bets.round_series, "

@@ -2,25 +2,21 @@
 
 `pg_dsn` (session): `DATABASE_URL` if set, else an embedded server started in a
 temporary directory (`pg_data_dir`) on a free port and stopped when the session ends.
-`create_database(dsn, name)`: a new empty database on the same server, as a DSN.
+(A new empty database on the same server: `actors.ops.databases.create_database`.)
 `fetch_rows(run, dsn, query, *args)`: the rows of one statement (the `sql` fixture).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from actors.ops import pgserver
-
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def fetch_rows(run, dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
@@ -61,36 +57,3 @@ def pg_dsn(pg_data_dir: Path | None) -> Iterator[str]:
         yield dsn
     finally:
         pgserver.stop(pg_data_dir)
-
-
-def with_database(dsn: str, name: str) -> str:
-    """`dsn` with its database replaced by `name` (user, host, port, options kept)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-async def create_database(dsn: str, name: str) -> str:
-    """Create the empty database `name` (dropping a leftover of that name) on the server
-    of `dsn`; returns a DSN to it. `name`: lower-case letters, digits, underscores."""
-    if not _NAME.match(name):
-        raise ValueError(f"bad database name {name!r}")
-    conn = await asyncpg.connect(dsn)
-    try:
-        # sql-identifier: the name matched _NAME above
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-        # sql-identifier: the name matched _NAME above
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    return with_database(dsn, name)
-
-
-async def drop_database(dsn: str, name: str) -> None:
-    if not _NAME.match(name):
-        raise ValueError(f"bad database name {name!r}")
-    conn = await asyncpg.connect(dsn)
-    try:
-        # sql-identifier: the name matched _NAME above
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await conn.close()

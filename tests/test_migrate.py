@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from actors.ops.databases import create_database, drop_database
 from actors.ops.migrate import MigrationError, migrate
-from tests.pg_fixtures import create_database, drop_database
 
 
 @pytest.fixture

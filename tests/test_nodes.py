@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from actors.ops.audit import ledger_violations
+from actors.ops.databases import create_database, drop_database
 from actors.ops.migrate import migrate
-from tests.pg_fixtures import create_database, drop_database, fetch_rows
+from tests.pg_fixtures import fetch_rows
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from actors.ops.databases import create_database
 from actors.ops.migrate import migrate
-from tests.pg_fixtures import create_database
 
 GATEWAY_TABLES = (
     "users.users, users.revoked_tokens, users.login_failures, "
