@@ -48,9 +48,14 @@ def client(request, aio, run, settings) -> Any:
         return
     direct = run(AsyncLootify.create(kinds=("wallets",), settings=settings, direct=True))
     yield direct
+    close_links(run, direct)
+
+
+def close_links(run: Any, client: AsyncLootify) -> None:
+    """Close a client's links on the loop they were opened on."""
 
     async def close() -> None:
-        direct.close()
+        client.close()
 
     run(close())
 
@@ -292,11 +297,7 @@ def test_a_link_to_a_host_that_stops_answering_is_closed(aio, run, settings):
         os.kill(pid, signal.SIGCONT)
     assert run(client.wallet(uid).balance()) == Balance(100, 100, 0)
     wait_until(lambda: link_up(run, client, uid), timeout=10, what="a new link to the host")
-
-    async def close() -> None:
-        client.close()
-
-    run(close())
+    close_links(run, client)
 
 
 def test_connecting_to_hosts_that_cannot_start_fails_within_the_deadline(run, settings):

@@ -76,7 +76,7 @@ async def commit_cycle(
     new = [w for w in touched.values() if w.stored_seq < 0]
     old = [w for w in touched.values() if w.stored_seq >= 0]
     entries = [(x.wallet.id, x.seq, acct, amt) for x in writes for acct, amt in x.entries]
-    stakes = [x for x in writes if x.stake_market is not None]
+    stakes = [(x, market) for x in writes if (market := x.stake_market) is not None]
     # A stake still open is a reference used before too; the statement may meet its
     # row before the operation's (PostgreSQL runs the inserts in no promised order).
     with commit_checks(), retry_carefully_on_duplicate(
@@ -119,11 +119,11 @@ async def commit_cycle(
             [w.seq for w in old],
             [w.stored_seq for w in old],
             len(old),
-            [x.wallet.id for x in stakes],
-            [x.reference_id for x in stakes],
-            [x.stake_market for x in stakes],
-            [shard_of(x.stake_market, shards) for x in stakes if x.stake_market],
-            [x.amount for x in stakes],
+            [x.wallet.id for x, _ in stakes],
+            [x.reference_id for x, _ in stakes],
+            [market for _, market in stakes],
+            [shard_of(market, shards) for _, market in stakes],
+            [x.amount for x, _ in stakes],
         )
 
 
