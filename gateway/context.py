@@ -50,7 +50,9 @@ class Context:
         # what needs it answers 503 at once instead of each waiting out a time-out.
         self.breaker = Breaker("gateway", BreakerSettings.from_env())
         self.limiter: RateLimiter | None = None
-        self.subscriber = Subscriber(self.cluster_settings.namespace)
+        self.subscriber = Subscriber(
+            self.cluster_settings.namespace, direct=self.cluster_settings.runtime.direct_calls
+        )
         self.publisher = get_publisher(self.cluster_settings.namespace)
         self.odds_cache = OddsCache(self.aio, settings.odds_cache_reload_s)
         self._aio: AsyncLootify | None = None

@@ -57,6 +57,54 @@ def test_delivery_in_order_and_coalescing(ray_cluster, run, settings) -> None:
     run(main())
 
 
+def test_events_reach_a_subscriber_over_its_link_and_one_without_through_pubsub(
+    ray_cluster, run, settings
+) -> None:
+    async def main() -> None:
+        linked = Subscriber(settings.namespace)
+        polled = Subscriber(settings.namespace, direct=False)
+        linked.start()
+        polled.start()
+        topic = f"user:{uuid.uuid4()}"
+        got_linked = await _collect(linked, topic)
+        got_polled = await _collect(polled, topic)
+        pub = Publisher(settings.namespace)
+        for i in range(3):
+            pub.publish(topic, "n", {"i": i})
+        await pub.drain()
+        assert await _until(lambda: len(got_linked) == len(got_polled) == 3)
+        assert [p["i"] for _, _, p in got_linked] == [p["i"] for _, _, p in got_polled] == [0, 1, 2]
+        assert (pub.linked, pub.forwarded) == (3, 3)
+        await linked.close()
+        await polled.close()
+
+    run(main())
+
+
+def test_a_subscriber_whose_link_broke_gets_its_events_through_pubsub(
+    ray_cluster, run, settings
+) -> None:
+    async def main() -> None:
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        topic = f"user:{uuid.uuid4()}"
+        got = await _collect(sub, topic)
+        pub = Publisher(settings.namespace)
+        pub.publish(topic, "before", {})
+        await pub.drain()
+        assert await _until(lambda: len(got) == 1) and pub.linked == 1
+        assert sub._listener is not None
+        sub._listener.close()  # its links break, and it takes no new one
+        pub.publish(topic, "after", {})
+        await pub.drain()
+        assert await _until(lambda: len(got) == 2)
+        assert [e for _, e, _ in got] == ["before", "after"]
+        assert (pub.linked, pub.forwarded) == (1, 1)
+        await sub.close()
+
+    run(main())
+
+
 def test_patterns_and_unsubscribe(ray_cluster, run, settings) -> None:
     async def main() -> None:
         sub = Subscriber(settings.namespace)
@@ -135,15 +183,16 @@ def test_a_new_subscription_waits_until_every_watching_publisher_knows_it(
     async def main() -> None:
         handle = pubsub_handle(settings.namespace)
         laggard = f"laggard-{uuid.uuid4()}"
-        epoch, version, _, _ = await handle.watch.remote(laggard, None, 0)
-        epoch, version, _, _ = await handle.watch.remote(laggard, epoch, version)  # acked
+        routes = await handle.watch.remote(laggard, None, 0)
+        epoch, version = (await handle.watch.remote(laggard, routes.epoch, routes.version))[:2]
         sub = Subscriber(settings.namespace)
         sub.start()
         joining = asyncio.ensure_future(sub.subscribe(f"user:{uuid.uuid4()}", print))
         await asyncio.sleep(0.5)
         assert not joining.done(), "the join did not wait for the publisher"
-        _, newer, _, delta = await handle.watch.remote(laggard, epoch, version)
-        assert newer > version and delta, "the publisher learns the new topic"
+        routes = await handle.watch.remote(laggard, epoch, version)
+        newer = routes.version
+        assert newer > version and routes.delta, "the publisher learns the new topic"
         assert not joining.done()
         await handle.watch.remote(laggard, epoch, newer)  # acknowledges it
         await asyncio.wait_for(joining, timeout=5)
@@ -237,7 +286,9 @@ def test_subscribers_come_back_after_a_broker_restart(ray_cluster, run, settings
             await pub.drain()
             await asyncio.sleep(0.2)
         assert resyncs, "the read caches were told to resync"
-        assert sub.healthy
+        # Healthy once its registration is acknowledged, which may come after a
+        # publisher that already knows it has handed it events.
+        assert await _until(lambda: sub.healthy)
         await sub.close()
 
     run(main())

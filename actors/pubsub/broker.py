@@ -8,9 +8,12 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import ray
+
+from actors.runtime.link import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,20 @@ SUBSCRIBER_TTL_S = 30.0  # a subscriber that has not polled for this long is dro
 Event = tuple[str, str, dict]
 
 
+class Routes(NamedTuple):
+    """Who listens, as a publisher learns it: the subscribers of each topic, and where
+    each subscriber takes events directly (`Subscriber`'s link; None: through PubSub).
+    `full` is the whole map when a delta cannot be given (new caller, restart, too
+    old); else `delta` lists `(topic, subscriber id, present)` since the caller's
+    version, and `endpoints` covers the subscribers it adds."""
+
+    epoch: str
+    version: int
+    full: dict[str, list[str]] | None
+    delta: list[tuple[str, str, bool]]
+    endpoints: dict[str, Endpoint | None]
+
+
 def pattern_of(topic: str) -> str:
     return topic.split(":", 1)[0] + ":*"
 
@@ -41,10 +58,11 @@ class _Watcher:
 
 
 class _Sub:
-    __slots__ = ("topics", "queue", "wake", "seen", "lost")
+    __slots__ = ("topics", "endpoint", "queue", "wake", "seen", "lost")
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: Endpoint | None) -> None:
         self.topics: set[str] = set()
+        self.endpoint = endpoint
         self.queue: deque[Event] = deque()
         self.wake = asyncio.Event()
         self.seen = time.monotonic()
@@ -60,10 +78,10 @@ class PubSub:
     def __init__(self) -> None:
         self.epoch = uuid.uuid4().hex
         self.subs: dict[str, _Sub] = {}
-        self.counts: dict[str, int] = {}  # topic -> subscribers
         self.by_topic: dict[str, set[str]] = {}  # topic -> subscriber ids
         self.version = 0
-        self.changes: deque[tuple[int, str, bool]] = deque()  # (version, topic, present)
+        # (version, topic, subscriber id, present)
+        self.changes: deque[tuple[int, str, str, bool]] = deque()
         self.watchers: dict[str, _Watcher] = {}
         self._topics_changed = asyncio.Event()  # replaced by a fresh one at each change
         self._acked = asyncio.Event()  # likewise, at each acknowledgement
@@ -73,6 +91,7 @@ class PubSub:
             LEASE_S if ray.get_runtime_context().was_current_actor_reconstructed else 0.0
         )
         self.published = 0
+        self.forwarded = 0
         self.delivered = 0
         self._reaper: asyncio.Task | None = None
 
@@ -87,12 +106,8 @@ class PubSub:
             return False
         sub.topics.add(topic)
         self.by_topic.setdefault(topic, set()).add(sub_id)
-        count = self.counts.get(topic, 0)
-        self.counts[topic] = count + 1
-        if count == 0:
-            self._changed(topic, True)
-            return True
-        return False
+        self._changed(topic, sub_id, True)
+        return True
 
     def _remove(self, sub_id: str, sub: _Sub, topic: str) -> None:
         if topic not in sub.topics:
@@ -103,16 +118,11 @@ class PubSub:
             ids.discard(sub_id)
             if not ids:
                 del self.by_topic[topic]
-        count = self.counts.get(topic, 0) - 1
-        if count <= 0:
-            self.counts.pop(topic, None)
-            self._changed(topic, False)
-        else:
-            self.counts[topic] = count
+        self._changed(topic, sub_id, False)
 
-    def _changed(self, topic: str, present: bool) -> None:
+    def _changed(self, topic: str, sub_id: str, present: bool) -> None:
         self.version += 1
-        self.changes.append((self.version, topic, present))
+        self.changes.append((self.version, topic, sub_id, present))
         while len(self.changes) > CHANGES_MAX:
             self.changes.popleft()
         self._topics_changed.set()
@@ -138,24 +148,29 @@ class PubSub:
             except TimeoutError:
                 pass
 
-    async def register(self, sub_id: str, topics: list[str]) -> list[str]:
-        """Add `topics` to the subscriber (created if unknown); the ones that had no
-        subscriber anywhere before."""
+    async def register(
+        self, sub_id: str, topics: list[str], endpoint: Endpoint | None = None
+    ) -> list[str]:
+        """Add `topics` to the subscriber (created if unknown, taking events directly at
+        `endpoint` if given); the ones it did not have. It answers once every watching
+        publisher knows them."""
         self._start()
         sub = self.subs.get(sub_id)
         if sub is None:
-            sub = self.subs[sub_id] = _Sub()
+            sub = self.subs[sub_id] = _Sub(endpoint)
         sub.seen = time.monotonic()
         new = [t for t in topics if self._add(sub_id, sub, t)]
         if new:
             await self._acknowledged(self.version)
         return new
 
-    async def subscribe(self, sub_id: str, topics: list[str]) -> tuple[bool, list[str]]:
+    async def subscribe(
+        self, sub_id: str, topics: list[str], endpoint: Endpoint | None = None
+    ) -> tuple[bool, list[str]]:
         """`(known, new)`: `known` False means this broker did not know the subscriber
         (it restarted): the subscriber must `register` all its topics again."""
         known = sub_id in self.subs
-        return known, await self.register(sub_id, topics)
+        return known, await self.register(sub_id, topics, endpoint)
 
     async def unsubscribe(self, sub_id: str, topics: list[str]) -> None:
         sub = self.subs.get(sub_id)
@@ -207,12 +222,19 @@ class PubSub:
 
     # -- publishers --------------------------------------------------------------------
 
+    def _enqueue(self, sub: _Sub, event: Event) -> None:
+        if len(sub.queue) >= QUEUE_MAX:
+            sub.queue.popleft()
+            sub.lost += 1
+        sub.queue.append(event)
+        sub.wake.set()
+        self.delivered += 1
+
     async def publish(
         self, events: list[Event], epoch: str | None = None, version: int = 0
-    ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
-        """Deliver `events`; answer the subscribed-topic changes since the caller's
-        `(epoch, version)`: `(epoch, version, full, delta)` with `full` the whole set
-        when a delta cannot be given (new caller, restart, too old)."""
+    ) -> Routes:
+        """Deliver `events` to every subscriber of their topics; answer the routes'
+        changes since the caller's `(epoch, version)`."""
         self._start()
         self.published += len(events)
         for event in events:
@@ -221,24 +243,30 @@ class PubSub:
             pattern = self.by_topic.get(pattern_of(topic))
             if pattern:
                 targets = (targets | pattern) if targets else pattern
-            if not targets:
-                continue
-            for sub_id in targets:
+            for sub_id in targets or ():
                 sub = self.subs.get(sub_id)
-                if sub is None:
-                    continue
-                if len(sub.queue) >= QUEUE_MAX:
-                    sub.queue.popleft()
-                    sub.lost += 1
-                sub.queue.append(event)
-                sub.wake.set()
-                self.delivered += 1
+                if sub is not None:
+                    self._enqueue(sub, event)
+        return self.topics_since(epoch, version)
+
+    async def forward(
+        self, events: dict[str, list[Event]], epoch: str | None = None, version: int = 0
+    ) -> Routes:
+        """Queue each subscriber's events (`{subscriber id: events}`): those a publisher
+        could not hand it directly. Answered as `publish`."""
+        self._start()
+        for sub_id, queued in events.items():
+            self.forwarded += len(queued)
+            sub = self.subs.get(sub_id)
+            if sub is not None:
+                for event in queued:
+                    self._enqueue(sub, event)
         return self.topics_since(epoch, version)
 
     async def watch(
         self, publisher_id: str, epoch: str | None, version: int, hold_s: float = 0.0
-    ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
-        """A publisher's long poll: `(epoch, version)` is the topic set it has applied
+    ) -> Routes:
+        """A publisher's long poll: `(epoch, version)` are the routes it has applied
         (its acknowledgement); the answer is as `publish`'s, given as soon as there is
         a change, or after `hold_s` without one."""
         self._start()
@@ -265,25 +293,31 @@ class PubSub:
             self._acked.set()
             self._acked = asyncio.Event()
 
-    def topics_since(
-        self, epoch: str | None, version: int
-    ) -> tuple[str, int, list[str] | None, list[tuple[str, bool]]]:
+    def topics_since(self, epoch: str | None, version: int) -> Routes:
         if epoch == self.epoch and version == self.version:
-            return self.epoch, self.version, None, []
+            return Routes(self.epoch, self.version, None, [], {})
         oldest = self.changes[0][0] if self.changes else self.version + 1
         if epoch != self.epoch or version + 1 < oldest or version > self.version:
-            return self.epoch, self.version, list(self.counts), []
-        delta = [(t, present) for v, t, present in self.changes if v > version]
-        return self.epoch, self.version, None, delta
+            full = {topic: list(ids) for topic, ids in self.by_topic.items()}
+            return Routes(self.epoch, self.version, full, [], self._endpoints(self.subs))
+        delta = [(t, s, present) for v, t, s, present in self.changes if v > version]
+        return Routes(
+            self.epoch, self.version, None, delta,
+            self._endpoints(s for _, s, present in delta if present),
+        )
+
+    def _endpoints(self, sub_ids: Iterable[str]) -> dict[str, Endpoint | None]:
+        return {s: sub.endpoint for s in sub_ids if (sub := self.subs.get(s)) is not None}
 
     async def ping(self) -> dict[str, Any]:
         self._start()
         return {
             "epoch": self.epoch,
             "subscribers": len(self.subs),
-            "topics": len(self.counts),
+            "topics": len(self.by_topic),
             "watchers": len(self.watchers),
             "published": self.published,
+            "forwarded": self.forwarded,
             "delivered": self.delivered,
         }
 

@@ -1,14 +1,17 @@
-"""Publishing to PubSub: buffered, batched, and dropping what nobody listens to."""
+"""Publishing: buffered, batched, handed to each subscriber directly, and dropping
+what nobody listens to."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
 import uuid
 from collections.abc import Hashable
 from typing import Any
 
+from actors.runtime.link import Endpoint, Link, LinkDown, LinkRefused
 from actors.runtime.liveness import is_actor_down
 
 from .broker import (
@@ -18,6 +21,7 @@ from .broker import (
     LEASE_S,
     WATCH_HOLD_S,
     Event,
+    Routes,
     pattern_of,
     pubsub_handle,
 )
@@ -25,11 +29,21 @@ from .broker import (
 log = logging.getLogger(__name__)
 
 
+# A subscriber whose link failed is reached through PubSub until this much later.
+LINK_RETRY_S = 1.0
+# A subscriber that takes longer than this to take a batch is not waited for.
+HAND_TIMEOUT_S = 2.0
+
+
 class Publisher:
-    """Buffers events and sends them to PubSub in one call every ~`interval` seconds.
+    """Buffers events and sends them every ~`interval` seconds: each subscriber's share
+    in one message over a link of its own (as Phoenix.PubSub broadcasts to each node's
+    server), or through PubSub in one call for those it cannot reach.
 
     `publish` never blocks and never raises for delivery problems: events are
-    ephemeral (a lost one is made good when the client resyncs)."""
+    ephemeral (a lost one is made good when the client resyncs). A batch handed over
+    a link that broke is sent again through PubSub, so a subscriber may see an event
+    twice, or out of order, around a broken link."""
 
     def __init__(self, namespace: str, *, interval: float = FLUSH_S) -> None:
         self.namespace = namespace
@@ -42,11 +56,15 @@ class Publisher:
         self._task: asyncio.Task | None = None
         self._epoch: str | None = None
         self._version = 0
-        self._topics: set[str] = set()
+        self._routes: dict[str, set[str]] = {}  # topic -> subscriber ids
+        self._endpoints: dict[str, Endpoint | None] = {}  # subscriber id -> its link's
+        self._peers: dict[str, _Peer] = {}
         self._trusted_until = float("-inf")
         self._used_at = float("-inf")
         self._watcher: asyncio.Task | None = None
-        self.sent = 0
+        self.sent = 0  # events that had a subscriber
+        self.linked = 0  # deliveries handed to a subscriber over its link
+        self.forwarded = 0  # deliveries sent through PubSub
         self.dropped = 0  # events nobody subscribed to
         self.lost = 0  # events that could not be delivered (PubSub down, overflow)
 
@@ -101,9 +119,16 @@ class Publisher:
             watcher_id, self.id = self.id, uuid.uuid4().hex
             if self._handle is not None:
                 self._handle.unwatch.remote(watcher_id)
+            self._close_links()
 
     def _wanted(self, topic: str) -> bool:
-        return topic in self._topics or pattern_of(topic) in self._topics
+        return topic in self._routes or pattern_of(topic) in self._routes
+
+    def _targets(self, topic: str) -> set[str]:
+        exact, pattern = self._routes.get(topic), self._routes.get(pattern_of(topic))
+        if exact and pattern:
+            return exact | pattern
+        return exact or pattern or set()
 
     def wants(self, topic: str) -> bool:
         """False only when `topic` is known to have no subscriber, so a publisher can
@@ -160,13 +185,7 @@ class Publisher:
                     # Every event of the batch was published before this call, so its
                     # answer may drop the unwanted ones.
                     await self._ask(0.0)
-                kept = [e for e in batch if self._wanted(e[0])]
-                self.dropped += len(batch) - len(kept)
-                batch = kept
-                if batch:
-                    answer = await self._pubsub().publish.remote(batch, self._epoch, self._version)
-                    self.sent += len(batch)
-                    self._learn(answer)
+                await self._deliver(batch)
             except Exception as exc:  # delivery is best effort: drop, back off, go on
                 self.lost += len(batch)
                 self._epoch = None
@@ -183,18 +202,94 @@ class Publisher:
                 return
             await asyncio.sleep(self.interval)
 
-    def _learn(self, answer: tuple) -> None:
-        epoch, version, full, delta = answer
+    async def _deliver(self, batch: list[Event]) -> None:
+        shares: dict[str, list[Event]] = {}
+        for event in batch:
+            targets = self._targets(event[0])
+            if not targets:
+                self.dropped += 1
+                continue
+            self.sent += 1
+            for sub_id in targets:
+                shares.setdefault(sub_id, []).append(event)
+        direct = [s for s in shares if self._endpoints.get(s) is not None]
+        handed = await asyncio.gather(*(self._hand(s, shares[s]) for s in direct))
+        for sub_id, ok in zip(direct, handed, strict=True):
+            if ok:
+                self.linked += len(shares.pop(sub_id))
+        if shares:
+            answer = await self._pubsub().forward.remote(shares, self._epoch, self._version)
+            self.forwarded += sum(len(share) for share in shares.values())
+            self._learn(answer)
+
+    async def _hand(self, sub_id: str, events: list[Event]) -> bool:
+        """Whether the subscriber took `events` over its link."""
+        peer = await self._linked_peer(sub_id)
+        if peer is None or peer.link is None:
+            return False
+        try:
+            await asyncio.wait_for(
+                peer.link.call(pickle.dumps(events, protocol=5)), HAND_TIMEOUT_S
+            )
+        except (LinkDown, LinkRefused, TimeoutError) as exc:
+            log.debug("handing events to subscriber %s failed: %r", sub_id, exc)
+            peer.link.close()
+            peer.failed_at = time.monotonic()
+            return False
+        return True
+
+    async def _linked_peer(self, sub_id: str) -> _Peer | None:
+        """The subscriber's peer with its link open, opened now if need be (so that its
+        events keep their order); None while it cannot be reached."""
+        endpoint = self._endpoints.get(sub_id)
+        peer = self._peers.get(sub_id)
+        if peer is None or peer.endpoint != endpoint:
+            if peer is not None:
+                peer.close()
+            peer = self._peers[sub_id] = _Peer(endpoint)
+        if peer.link is not None and not peer.link.closed:
+            return peer
+        if endpoint is None or time.monotonic() - peer.failed_at < LINK_RETRY_S:
+            return None
+        try:
+            peer.link = await Link.open(endpoint)
+        except (OSError, TimeoutError, LinkDown) as exc:
+            log.debug("no link to subscriber %s: %r", sub_id, exc)
+            peer.failed_at = time.monotonic()
+            return None
+        if self._peers.get(sub_id) is not peer:  # unsubscribed meanwhile
+            peer.close()
+            return None
+        return peer
+
+    def _learn(self, answer: Routes) -> None:
+        epoch, version, full, delta, endpoints = answer
         if epoch == self._epoch and version < self._version:
             return  # overtaken by a newer answer (a flush and a watch crossed)
+        self._endpoints.update(endpoints)
         if full is not None:
-            self._topics = set(full)
+            self._routes = {topic: set(ids) for topic, ids in full.items()}
+            gone = set(self._endpoints) - set(endpoints)
         else:
-            for topic, present in delta:
+            gone = set()
+            for topic, sub_id, present in delta:
+                ids = self._routes.get(topic)
                 if present:
-                    self._topics.add(topic)
-                else:
-                    self._topics.discard(topic)
+                    if ids is None:
+                        ids = self._routes[topic] = set()
+                    ids.add(sub_id)
+                elif ids is not None:
+                    ids.discard(sub_id)
+                    gone.add(sub_id)
+                    if not ids:
+                        del self._routes[topic]
+            if gone:
+                gone -= set().union(*self._routes.values())
+        for sub_id in gone:
+            self._endpoints.pop(sub_id, None)
+            peer = self._peers.pop(sub_id, None)
+            if peer is not None:
+                peer.close()
         self._epoch, self._version = epoch, version
 
     async def drain(self) -> None:
@@ -204,6 +299,28 @@ class Publisher:
             self._start_flush()
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+
+    def _close_links(self) -> None:
+        """An idle publisher keeps no connections: the next flush opens them again."""
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
+
+
+class _Peer:
+    """The link to one subscriber: open, or when it last failed."""
+
+    __slots__ = ("endpoint", "link", "failed_at")
+
+    def __init__(self, endpoint: Endpoint | None) -> None:
+        self.endpoint = endpoint
+        self.link: Link | None = None
+        self.failed_at = float("-inf")
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
 
 
 _publishers: dict[str, Publisher] = {}

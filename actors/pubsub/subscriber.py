@@ -1,13 +1,18 @@
-"""Subscribing to PubSub: one long-polling subscription per process."""
+"""Subscribing to PubSub: one subscription per process, taking events over its own
+link and long-polling PubSub for the rest."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import ray
+
+from actors.runtime.link import Endpoint, Listener
 from actors.runtime.liveness import is_actor_down
 
 from .broker import (
@@ -27,12 +32,20 @@ class Subscriber:
 
     `subscribe(topic, callback)` calls `callback(topic, event, payload)` for every
     event of `topic` (or of every topic matching a pattern such as `event:*`), in
-    the order PubSub received them, on this process's event loop."""
+    the order each publisher published them, on this process's event loop.
 
-    def __init__(self, namespace: str, *, poll_wait_s: float = POLL_WAIT_S) -> None:
+    With `direct`, publishers hand events to this process over links to its
+    `Listener` (whose endpoint PubSub gives them); PubSub queues only what they could
+    not hand over, and this process long-polls that queue."""
+
+    def __init__(
+        self, namespace: str, *, poll_wait_s: float = POLL_WAIT_S, direct: bool = True
+    ) -> None:
         self.namespace = namespace
         self.id = uuid.uuid4().hex
         self.poll_wait_s = poll_wait_s
+        self._listener = Listener(self._take) if direct else None
+        self._listening: asyncio.Task[Endpoint | None] | None = None
         self.callbacks: dict[str, set[Callback]] = {}
         self.on_resync: list[Callable[[], None]] = []
         self._handle: Any = None
@@ -53,11 +66,37 @@ class Subscriber:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
+        if self._listener is not None:
+            self._listener.close()
         if self._handle is not None:
             try:
                 await asyncio.wait_for(self._handle.drop.remote(self.id), timeout=2.0)
             except Exception:
                 pass
+
+    async def _endpoint(self) -> Endpoint | None:
+        """Where publishers hand this process its events (listening from the first
+        call on); None: through PubSub only."""
+        if self._listener is None:
+            return None
+        if self._listening is None:
+            self._listening = asyncio.ensure_future(self._listen(self._listener))
+        return await asyncio.shield(self._listening)
+
+    async def _listen(self, listener: Listener) -> Endpoint | None:
+        try:
+            return await listener.start(ray.util.get_node_ip_address())
+        except OSError as exc:
+            log.warning("no direct delivery of events, all through PubSub: %r", exc)
+            return None
+
+    async def _take(self, payload: bytes, _request_ids: list[str] | None) -> bytes:
+        """A batch a publisher handed over its link."""
+        if not self._closed:
+            events = pickle.loads(payload)
+            self.received += len(events)
+            self._dispatch(events)
+        return b""
 
     def _get_handle(self) -> Any:
         if self._handle is None:
@@ -93,7 +132,8 @@ class Subscriber:
         async with self._control:
             if topic not in self.callbacks:  # unsubscribed meanwhile
                 return
-            known, _ = await self._get_handle().subscribe.remote(self.id, [topic])
+            endpoint = await self._endpoint()
+            known, _ = await self._get_handle().subscribe.remote(self.id, [topic], endpoint)
             if not known:
                 self._registered = False  # the poll loop registers every topic again
 
@@ -122,7 +162,8 @@ class Subscriber:
 
     async def _register(self) -> None:
         async with self._control:
-            await self._get_handle().register.remote(self.id, list(self.callbacks))
+            endpoint = await self._endpoint()
+            await self._get_handle().register.remote(self.id, list(self.callbacks), endpoint)
             self._registered = True
         for hook in list(self.on_resync):
             try:

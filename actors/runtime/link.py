@@ -11,6 +11,9 @@ Ray stays the control plane. It finds the host (`EntityHost.endpoint`, which als
 gives the link's secret), restarts it, and carries every call while no link is up. A
 link that breaks fails its calls with `LinkDown`, which the router treats as a host
 that went down: its retries, rerouting and call deadline hold as before.
+
+Publishers hand events to subscribers the same way (`actors.pubsub`): there PubSub
+gives out the subscriber's endpoint, and carries the events no link can.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.endpoint: Endpoint | None = None
         self.served = 0  # batches answered over links
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, address: str) -> Endpoint:
         self.server = await asyncio.start_server(self._connection, address, 0)
@@ -74,6 +78,7 @@ class Listener:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task] = set()
+        self._writers.add(writer)
         try:
             offered = await asyncio.wait_for(reader.readexactly(_SECRET_BYTES), CONNECT_TIMEOUT_S)
             if not hmac.compare_digest(offered, self.secret):
@@ -90,6 +95,7 @@ class Listener:
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass  # the router went away or gave up: its calls fail over on its side
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _answer(
@@ -104,8 +110,11 @@ class Listener:
             writer.write(_ANSWER.pack(len(answer), call_id, ok) + answer)
 
     def close(self) -> None:
+        """Stop listening, and close the links open now."""
         if self.server is not None:
             self.server.close()
+        for writer in list(self._writers):
+            writer.close()
 
 
 class Link:
@@ -164,15 +173,17 @@ class Link:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("link closed: %r", exc)
         finally:
-            self.close()
+            self._shut()
 
     def close(self) -> None:
+        self._shut()
+        self._reading.cancel()
+
+    def _shut(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.writer.close()
-        if asyncio.current_task() is not self._reading:
-            self._reading.cancel()
         for future in self.waiting.values():
             if not future.done():
                 future.set_exception(LinkDown("the link to the host broke"))
