@@ -88,6 +88,14 @@ class Context:
             "lootify_pubsub_healthy", "1 when the PubSub long-poll works",
             lambda: 1.0 if self.subscriber.healthy else 0.0,
         )
+        self.metrics.counter_callback(
+            "lootify_pubsub_events_received", "events this replica's sockets and caches got",
+            lambda: self.subscriber.received,
+        )
+        self.metrics.counter_callback(
+            "lootify_pubsub_events_lost", "events PubSub dropped from this replica's queue",
+            lambda: self.subscriber.lost,
+        )
         self.metrics.gauge_callback(
             "lootify_breaker_open", "1 while this replica's PostgreSQL breaker is not closed",
             lambda: 0.0 if self.breaker.healthy() else 1.0,

@@ -4,7 +4,7 @@ other replica's and the hosts')."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -12,6 +12,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -52,9 +54,6 @@ class Metrics:
         self.pushes = Counter(
             "lootify_ws_pushes", "server pushes sent to sockets, by event", ["event"], registry=r
         )
-        self.pubsub_events = Counter(
-            "lootify_pubsub_events_received", "events received from PubSub", registry=r
-        )
         self.cache_events = Gauge(
             "lootify_catalog_events", "events in this replica's read cache", registry=r
         )
@@ -64,3 +63,15 @@ class Metrics:
 
     def gauge_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(fn)
+
+    def counter_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        """A counter kept elsewhere (e.g. by the PubSub subscriber), read when scraped."""
+        self.registry.register(_CounterOf(name, doc, fn))
+
+
+class _CounterOf(Collector):
+    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.doc, value=self.fn())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -196,7 +197,8 @@ def test_balance_is_pushed_after_a_deposit(socket_for, api: httpx.Client, new_us
     assert msg[4] == r.json()
 
 
-def test_pubsub_delivers_to_the_socket(socket_for, new_user, run, settings) -> None:
+def test_pubsub_delivers_to_the_socket(socket_for, api: httpx.Client, new_user, run,
+                                       settings) -> None:
     """Any process can publish: a Publisher in the test process reaches the socket,
     payloads formatted to the contract (money as strings)."""
     u = new_user()
@@ -212,6 +214,9 @@ def test_pubsub_delivers_to_the_socket(socket_for, new_user, run, settings) -> N
     run(publish())
     msg = phx.pushed(topic, "balance")
     assert msg[4]["balance"] == "7.00" and msg[4]["reserved"] == "2.00"
+    received = re.findall(r"^lootify_pubsub_events_received_total\{[^}]*\} (\S+)$",
+                          api.get("/metrics").text, re.MULTILINE)
+    assert received and max(float(n) for n in received) >= 1
 
 
 def test_malformed_frames_close_only_their_socket(socket_for, new_user) -> None:
