@@ -336,13 +336,13 @@ class Cluster:
 
     KINDS = {"wallets": "wallet-host", "markets": "market-host"}
 
-    def __init__(self, namespace: str, dsn: str) -> None:
+    def __init__(self, namespace: str, dsn: str, url: str) -> None:
         import ray
 
-        from actors.pubsub import pubsub_handle
         from actors.runtime import host_name
 
         self.dsn = dsn
+        self.url = url
         self.hosts: dict[str, list[Any]] = {}
         for kind in self.KINDS:
             handles: list[Any] = []
@@ -353,7 +353,6 @@ class Cluster:
                 except ValueError:
                     break
             self.hosts[kind] = handles
-        self.pubsub = pubsub_handle(namespace)
         self.pids = {kind: ray.get([h.pid.remote() for h in handles])
                      for kind, handles in self.hosts.items()}
         for kind, pids in self.pids.items():
@@ -361,8 +360,10 @@ class Cluster:
 
     def counters(self) -> dict[str, float]:
         """Ray calls, commit cycles and operations received by each host kind (the
-        hosts' `stats()`), events published to PubSub, and PostgreSQL's transactions
-        that wrote (transaction ids assigned) and commits (`pg_stat_database`)."""
+        hosts' `stats()`), the PubSub events the replicas received (over links or
+        through the `pubsub` actor; other replicas' as last posted to the scraped one),
+        and PostgreSQL's transactions that wrote (transaction ids assigned) and commits
+        (`pg_stat_database`)."""
         import ray
 
         out: dict[str, float] = {}
@@ -372,7 +373,11 @@ class Cluster:
                     out[f"{kind} {what}"] = out.get(f"{kind} {what}", 0) + stats[what]
                 for phase, seconds in stats["phase_seconds"].items():
                     out[f"{kind} {phase} s"] = out.get(f"{kind} {phase} s", 0) + seconds
-        out["pubsub events"] = ray.get(self.pubsub.ping.remote())["published"]
+        metrics = httpx.get(f"{self.url}/metrics", timeout=10).text
+        out["pubsub events"] = sum(
+            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            if line.startswith("lootify_pubsub_events_received_total")
+        )
         out.update(asyncio.run(self._pg_counters()))
         return out
 
@@ -450,7 +455,7 @@ def bench_lootify(dsn: str, args: argparse.Namespace, work: Path) -> dict:
         out["startup_s"] = round(time.perf_counter() - t, 1)
         log(f"Lootify healthy on {url} after {out['startup_s']} s")
         config = asyncio.run(setup_lootify(dsn, url, args, work))
-        cluster = Cluster(namespace, dsn)
+        cluster = Cluster(namespace, dsn, url)
         limit = args.warmup + args.duration + 180
         if "ceiling" in args.runs:
             out["ceiling"] = measure_ingress_ceiling(config, args, limit)
@@ -576,7 +581,8 @@ def report(results: dict) -> list[str]:
                and run.get("per_bet")]
     if counted:
         lines += ["", "Per accepted bet (hosts' stats(): Ray calls received, commit cycles, "
-                      "operations; PubSub events; PostgreSQL transactions that wrote, commits):",
+                      "operations; PubSub events the replicas received; PostgreSQL transactions "
+                      "that wrote, commits):",
                   f"  {'run':<34}" + "".join(f"{col:>11}" for _, col in PER_BET)]
         for label, run in counted:
             lines.append(f"  {label + ' @' + str(run['concurrency']):<34}"

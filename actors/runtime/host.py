@@ -157,7 +157,7 @@ class EntityHost:
         # given up anyway; the cycle fails whole and they retry by reference id.
         self.pool = await asyncpg.create_pool(
             self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=CONNECT_TIMEOUT_S, reset=_keep_session,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             self.incarnation = await take_lease(conn, self.kind_name, self.index)
@@ -657,6 +657,13 @@ class EntityHost:
         else:
             self.wake.set()
         return op.future
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A host's connection goes back to its pool as it is: the host sets no session
+    state (no SET, LISTEN, advisory lock or cursor), so asyncpg's default reset query
+    would be a round trip and a transaction in PostgreSQL per commit cycle for
+    nothing. asyncpg still rolls back a transaction left open."""
 
 
 def ignore_outcome(future: asyncio.Future[Any]) -> None:
