@@ -414,6 +414,7 @@ def bench_lootify(dsn: str, args: argparse.Namespace, work: Path) -> dict:
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # as `make up` (scripts/cluster.py)
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{hap}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{hap}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hap),
