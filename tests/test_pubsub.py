@@ -105,6 +105,36 @@ def test_a_subscriber_whose_link_broke_gets_its_events_through_pubsub(
     run(main())
 
 
+def test_a_broken_link_is_opened_again_in_the_background(ray_cluster, run, settings) -> None:
+    """While it is being opened again, the subscriber's events go through PubSub, so no
+    flush waits for a subscriber that may be gone."""
+
+    async def main() -> None:
+        sub = Subscriber(settings.namespace)
+        sub.start()
+        topic = f"user:{uuid.uuid4()}"
+        got = await _collect(sub, topic)
+        pub = Publisher(settings.namespace)
+        pub.publish(topic, "first", {})
+        await pub.drain()
+        link = pub._peers[sub.id].link
+        assert link is not None
+        link.close()  # as a network blip would
+        pub.publish(topic, "meanwhile", {})
+        await pub.drain()
+        assert await _until(lambda: len(got) == 2)
+        assert await _until(lambda: (peer := pub._peers[sub.id]).link not in (None, link)
+                            and not peer.link.closed)
+        pub.publish(topic, "after", {})
+        await pub.drain()
+        assert await _until(lambda: len(got) == 3)
+        assert [e for _, e, _ in got] == ["first", "meanwhile", "after"]
+        assert (pub.linked, pub.forwarded) == (2, 1)
+        await sub.close()
+
+    run(main())
+
+
 def test_patterns_and_unsubscribe(ray_cluster, run, settings) -> None:
     async def main() -> None:
         sub = Subscriber(settings.namespace)

@@ -29,8 +29,11 @@ from .broker import (
 log = logging.getLogger(__name__)
 
 
-# A subscriber whose link failed is reached through PubSub until this much later.
+# A subscriber whose link failed is reached through PubSub meanwhile; its link is
+# opened again in the background after LINK_RETRY_S, then after twice as long at each
+# failure, up to LINK_RETRY_MAX_S (a node that is gone costs no flush a wait).
 LINK_RETRY_S = 1.0
+LINK_RETRY_MAX_S = 30.0
 # A subscriber that takes longer than this to take a batch is not waited for.
 HAND_TIMEOUT_S = 2.0
 
@@ -224,43 +227,37 @@ class Publisher:
 
     async def _hand(self, sub_id: str, events: list[Event]) -> bool:
         """Whether the subscriber took `events` over its link."""
-        peer = await self._linked_peer(sub_id)
-        if peer is None or peer.link is None:
+        link = await self._link(sub_id)
+        if link is None:
             return False
+        peer = self._peers[sub_id]
         try:
-            await asyncio.wait_for(
-                peer.link.call(pickle.dumps(events, protocol=5)), HAND_TIMEOUT_S
-            )
+            await asyncio.wait_for(link.call(pickle.dumps(events, protocol=5)), HAND_TIMEOUT_S)
         except (LinkDown, LinkRefused, TimeoutError) as exc:
             log.debug("handing events to subscriber %s failed: %r", sub_id, exc)
-            peer.link.close()
-            peer.failed_at = time.monotonic()
+            peer.failed()
             return False
+        peer.retry_s = LINK_RETRY_S
         return True
 
-    async def _linked_peer(self, sub_id: str) -> _Peer | None:
-        """The subscriber's peer with its link open, opened now if need be (so that its
-        events keep their order); None while it cannot be reached."""
+    async def _link(self, sub_id: str) -> Link | None:
+        """The subscriber's open link. The first one is opened now, so that its events
+        keep their order; one that failed is opened again in the background, and
+        meanwhile (None) its events go through PubSub."""
         endpoint = self._endpoints.get(sub_id)
         peer = self._peers.get(sub_id)
         if peer is None or peer.endpoint != endpoint:
             if peer is not None:
                 peer.close()
             peer = self._peers[sub_id] = _Peer(endpoint)
-        if peer.link is not None and not peer.link.closed:
-            return peer
-        if endpoint is None or time.monotonic() - peer.failed_at < LINK_RETRY_S:
+        if peer.link is None and peer.retry_at == float("-inf"):
+            await peer.open()
+        elif (peer.link is None or peer.link.closed) and peer.opening is None:
+            if time.monotonic() >= peer.retry_at:
+                peer.opening = asyncio.ensure_future(peer.open())
+        if peer.link is None or peer.link.closed or self._peers.get(sub_id) is not peer:
             return None
-        try:
-            peer.link = await Link.open(endpoint)
-        except (OSError, TimeoutError, LinkDown) as exc:
-            log.debug("no link to subscriber %s: %r", sub_id, exc)
-            peer.failed_at = time.monotonic()
-            return None
-        if self._peers.get(sub_id) is not peer:  # unsubscribed meanwhile
-            peer.close()
-            return None
-        return peer
+        return peer.link
 
     def _learn(self, answer: Routes) -> None:
         epoch, version, full, delta, endpoints = answer
@@ -309,16 +306,44 @@ class Publisher:
 
 
 class _Peer:
-    """The link to one subscriber: open, or when it last failed."""
+    """The link to one subscriber: open, being opened, or when to try again."""
 
-    __slots__ = ("endpoint", "link", "failed_at")
+    __slots__ = ("endpoint", "link", "opening", "retry_at", "retry_s", "closed")
 
     def __init__(self, endpoint: Endpoint | None) -> None:
         self.endpoint = endpoint
         self.link: Link | None = None
-        self.failed_at = float("-inf")
+        self.opening: asyncio.Future[None] | None = None
+        self.retry_at = float("-inf")
+        self.retry_s = LINK_RETRY_S
+        self.closed = False
+
+    async def open(self) -> None:
+        try:
+            if self.endpoint is None:
+                return
+            link = await Link.open(self.endpoint)
+        except (OSError, TimeoutError, LinkDown) as exc:
+            log.debug("no link to a subscriber: %r", exc)
+            self.failed()
+        else:
+            if self.closed:
+                link.close()
+            else:
+                self.link = link
+        finally:
+            self.opening = None
+
+    def failed(self) -> None:
+        if self.link is not None:
+            self.link.close()
+        self.retry_at = time.monotonic() + self.retry_s
+        self.retry_s = min(self.retry_s * 2, LINK_RETRY_MAX_S)
 
     def close(self) -> None:
+        self.closed = True
+        if self.opening is not None:
+            self.opening.cancel()
         if self.link is not None:
             self.link.close()
 
