@@ -21,6 +21,15 @@ async def _collect(sub: Subscriber, topic: str) -> list:
     return got
 
 
+async def _subscribed(namespace: str) -> tuple[Subscriber, str, list, Publisher]:
+    """A started subscriber to a new user topic, what it got of it, and a publisher."""
+    sub = Subscriber(namespace)
+    sub.start()
+    topic = f"user:{uuid.uuid4()}"
+    got = await _collect(sub, topic)
+    return sub, topic, got, Publisher(namespace)
+
+
 async def _until(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -32,11 +41,7 @@ async def _until(predicate, timeout: float = 10.0) -> bool:
 
 def test_delivery_in_order_and_coalescing(ray_cluster, run, settings) -> None:
     async def main() -> None:
-        sub = Subscriber(settings.namespace)
-        sub.start()
-        topic = f"user:{uuid.uuid4()}"
-        got = await _collect(sub, topic)
-        pub = Publisher(settings.namespace)
+        sub, topic, got, pub = await _subscribed(settings.namespace)
         for i in range(5):
             pub.publish(topic, "balance", {"balance": i}, coalesce=topic)
         pub.publish(topic, "bet_placed", {"id": "b1"})
@@ -85,11 +90,7 @@ def test_a_subscriber_whose_link_broke_gets_its_events_through_pubsub(
     ray_cluster, run, settings
 ) -> None:
     async def main() -> None:
-        sub = Subscriber(settings.namespace)
-        sub.start()
-        topic = f"user:{uuid.uuid4()}"
-        got = await _collect(sub, topic)
-        pub = Publisher(settings.namespace)
+        sub, topic, got, pub = await _subscribed(settings.namespace)
         pub.publish(topic, "before", {})
         await pub.drain()
         assert await _until(lambda: len(got) == 1) and pub.linked == 1
@@ -110,11 +111,7 @@ def test_a_broken_link_is_opened_again_in_the_background(ray_cluster, run, setti
     flush waits for a subscriber that may be gone."""
 
     async def main() -> None:
-        sub = Subscriber(settings.namespace)
-        sub.start()
-        topic = f"user:{uuid.uuid4()}"
-        got = await _collect(sub, topic)
-        pub = Publisher(settings.namespace)
+        sub, topic, got, pub = await _subscribed(settings.namespace)
         pub.publish(topic, "first", {})
         await pub.drain()
         link = pub._peers[sub.id].link

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Hashable
 from typing import Any
 
-from actors.runtime.link import Endpoint, Link, LinkDown, LinkRefused
+from actors.runtime.link import Endpoint, Link, LinkDown, LinkRefused, LinkSlot
 from actors.runtime.liveness import is_actor_down
 
 from .broker import (
@@ -305,18 +305,16 @@ class Publisher:
         self._peers.clear()
 
 
-class _Peer:
-    """The link to one subscriber: open, being opened, or when to try again."""
+class _Peer(LinkSlot):
+    """The link to one subscriber, and when to try it again."""
 
-    __slots__ = ("endpoint", "link", "opening", "retry_at", "retry_s", "closed")
+    __slots__ = ("endpoint", "retry_at", "retry_s")
 
     def __init__(self, endpoint: Endpoint | None) -> None:
+        super().__init__()
         self.endpoint = endpoint
-        self.link: Link | None = None
-        self.opening: asyncio.Future[None] | None = None
         self.retry_at = float("-inf")
         self.retry_s = LINK_RETRY_S
-        self.closed = False
 
     async def open(self) -> None:
         try:
@@ -339,13 +337,6 @@ class _Peer:
             self.link.close()
         self.retry_at = time.monotonic() + self.retry_s
         self.retry_s = min(self.retry_s * 2, LINK_RETRY_MAX_S)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.opening is not None:
-            self.opening.cancel()
-        if self.link is not None:
-            self.link.close()
 
 
 _publishers: dict[str, Publisher] = {}

@@ -117,6 +117,24 @@ class Listener:
             writer.close()
 
 
+class LinkSlot:
+    """Where a caller keeps its link to one peer: open, being opened, or neither."""
+
+    __slots__ = ("link", "opening", "closed")
+
+    def __init__(self) -> None:
+        self.link: Link | None = None
+        self.opening: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.opening is not None:
+            self.opening.cancel()
+        if self.link is not None:
+            self.link.close()
+
+
 class Link:
     """The router's side: one connection to one host, any number of calls in flight."""
 

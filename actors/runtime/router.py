@@ -14,7 +14,7 @@ from .directory import Placement
 from .errors import InvalidInput, LootifyError, Unavailable, WrongHost
 from .ids import shard_of
 from .kind import EntityKind
-from .link import Link, LinkDown
+from .link import Link, LinkDown, LinkSlot
 from .liveness import ACTOR_DOWN
 from .logs import REQUEST_ID
 from .settings import KindSettings, RuntimeSettings
@@ -301,24 +301,15 @@ class Router:
         return placement
 
 
-class _LinkSlot:
-    """The link to one host handle: open, being opened, or last tried when."""
+class _LinkSlot(LinkSlot):
+    """The link to one host handle, and when it was last tried."""
 
-    __slots__ = ("handle", "link", "opening", "tried_at", "closed")
+    __slots__ = ("handle", "tried_at")
 
     def __init__(self, handle: Any) -> None:
+        super().__init__()
         self.handle = handle
-        self.link: Link | None = None
-        self.opening: asyncio.Future | None = None
         self.tried_at = float("-inf")
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-        if self.opening is not None:
-            self.opening.cancel()
-        if self.link is not None:
-            self.link.close()
 
 
 class _Gathered:
