@@ -21,11 +21,18 @@ def test_cluster_config_passes_rays_validation(name):
     text = (ROOT / name).read_text()
     assert re.search(r"LOOTIFY_HTTP_HOST=0\.0\.0\.0\s+#\s+\.venv/bin/python scripts/cluster\.py up",
                      text)
-    # Every file of the repository the configuration names exists.
+    # Every file of the repository the configuration names exists (on a node, the
+    # checkout is $HOME/lootify).
     for mentioned in set(re.findall(r"\b[\w./-]+\.(?:md|py|yaml|toml|sql)\b", text)):
+        mentioned = mentioned.removeprefix("HOME/lootify/")
         if not mentioned.startswith(("~", "/")) and "bootstrap" not in mentioned:
             assert (ROOT / mentioned).exists(), mentioned
     assert raw["file_mounts"]["~/lootify"] == "."
+    # Every node's HAProxy runs through the wrapper, as `make up`'s does (no tokens in
+    # its log, X-Forwarded-For set by the proxy).
+    for command in raw["head_start_ray_commands"][1:] + raw["worker_start_ray_commands"][1:]:
+        assert "RAY_SERVE_HAPROXY_BINARY_PATH=$HOME/lootify/scripts/haproxy_ingress.py" in command
+        assert "LOOTIFY_HAPROXY_BINARY=$(" in command
 
 
 def test_aws_config_has_an_autoscaling_worker_type():
