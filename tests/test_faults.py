@@ -30,7 +30,7 @@ from actors.runtime.coordinator import COORDINATOR_NAME
 from actors.runtime.link import Link, LinkDown
 from actors.runtime.wire import decode_outcomes, encode_batch
 from actors.wallets import Balance, GetBalance
-from tests.polling import wait_until
+from tests.polling import sigstop, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -286,7 +286,7 @@ def test_a_link_to_a_host_that_stops_answering_is_closed(aio, run, settings):
     link = router.links[host].link
     assert link is not None
     pid = ray.get(router.handles[host].pid.remote(), timeout=30)
-    os.kill(pid, signal.SIGSTOP)
+    sigstop(pid)
     try:
         started = time.monotonic()
         with pytest.raises(Unavailable):

@@ -24,7 +24,7 @@ from actors.errors import LootifyError, Unavailable
 from actors.runtime import coordinator_handle, shard_of
 from actors.wallets import Balance
 from gateway import cli
-from tests.polling import wait_until
+from tests.polling import sigstop, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -100,7 +100,7 @@ def test_stale_host_paused_through_a_handoff_cannot_commit(aio, run, sql, settin
             timeout=30,
             what="host A's cycle to wait at its fencing check",
         )
-        os.kill(pid, signal.SIGSTOP)
+        sigstop(pid)
         stopped = True
         started = time.monotonic()
         ray.get(coordinator(settings).move.remote("wallets", [shard], target), timeout=60)

@@ -40,7 +40,7 @@ from actors.ops.audit import ledger_violations
 from actors.runtime.wire import decode_outcomes, encode_batch
 from actors.wallets import Balance, Deposit, GetBalance, Withdraw
 from actors.wallets.messages import MAX_TIMEOUT_S, Stake
-from tests.polling import wait_until
+from tests.polling import sigstop, wait_until
 
 # -- helpers -----------------------------------------------------------------------
 
@@ -1087,7 +1087,7 @@ def test_a_paused_host_fails_its_calls_within_the_call_deadline(wallet, aio, run
     w.deposit(100, "first")
     router = aio.routers["wallets"]
     pid = ray.get(router.handles[router.host_of(uid)].pid.remote(), timeout=30)
-    os.kill(pid, signal.SIGSTOP)
+    sigstop(pid)
     try:
         started = time.monotonic()
         with pytest.raises(Unavailable, match="did not answer in time"):
