@@ -4,13 +4,16 @@ and recovery after the broker restarts."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 
 import pytest
 import ray
 
-from actors.pubsub import Publisher, Subscriber, broker, pubsub_handle
+from actors.pubsub import Publisher, Subscriber, broker, publisher, pubsub_handle
+from tests.polling import sigstop
 
 pytestmark = pytest.mark.cluster
 
@@ -127,6 +130,32 @@ def test_a_broken_link_is_opened_again_in_the_background(ray_cluster, run, setti
         assert await _until(lambda: len(got) == 3)
         assert [e for _, e, _ in got] == ["first", "meanwhile", "after"]
         assert (pub.linked, pub.forwarded) == (2, 1)
+        await sub.close()
+
+    run(main())
+
+
+def test_a_hung_pubsub_costs_a_flush_its_events_not_a_hang(ray_cluster, run, settings) -> None:
+    async def main() -> None:
+        sub = Subscriber(settings.namespace, direct=False)  # its events go through PubSub
+        sub.start()
+        topic = f"user:{uuid.uuid4()}"
+        got = await _collect(sub, topic)
+        pub = Publisher(settings.namespace)
+        pub.publish(topic, "before", {})  # the publisher knows the routes, and trusts them
+        await pub.drain()
+        assert await _until(lambda: len(got) == 1)
+        handle = pubsub_handle(settings.namespace)
+        pid = await handle.__ray_call__.remote(lambda _self: os.getpid())
+        sigstop(pid)
+        try:
+            pub.publish(topic, "n", {})
+            started = time.monotonic()
+            await asyncio.wait_for(pub.drain(), publisher.PUBSUB_TIMEOUT_S + 5)
+            assert time.monotonic() - started < publisher.PUBSUB_TIMEOUT_S + 2
+            assert pub.lost == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
         await sub.close()
 
     run(main())

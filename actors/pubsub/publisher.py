@@ -36,6 +36,9 @@ LINK_RETRY_S = 1.0
 LINK_RETRY_MAX_S = 30.0
 # A subscriber that takes longer than this to take a batch is not waited for.
 HAND_TIMEOUT_S = 2.0
+# Nor is PubSub, beyond a watch's hold: a flush that cannot reach it counts its
+# events lost, and the next one tries again.
+PUBSUB_TIMEOUT_S = 5.0
 
 
 class Publisher:
@@ -89,8 +92,9 @@ class Publisher:
         """One watch call: learn the topic set and acknowledge what was applied."""
         sent, watcher_id = time.monotonic(), self.id
         try:
-            answer = await self._pubsub().watch.remote(
-                watcher_id, self._epoch, self._version, hold_s
+            answer = await asyncio.wait_for(
+                self._pubsub().watch.remote(watcher_id, self._epoch, self._version, hold_s),
+                hold_s + PUBSUB_TIMEOUT_S,
             )
         except Exception:
             self._trusted_until = float("-inf")
@@ -221,7 +225,10 @@ class Publisher:
             if ok:
                 self.linked += len(shares.pop(sub_id))
         if shares:
-            answer = await self._pubsub().forward.remote(shares, self._epoch, self._version)
+            answer = await asyncio.wait_for(
+                self._pubsub().forward.remote(shares, self._epoch, self._version),
+                PUBSUB_TIMEOUT_S,
+            )
             self.forwarded += sum(len(share) for share in shares.values())
             self._learn(answer)
 
