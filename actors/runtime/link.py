@@ -59,8 +59,9 @@ class LinkRefused(Exception):
 
 
 class Listener:
-    """The host's side: answers each framed batch with `serve(payload, request_ids)`,
-    many at a time, on connections that first proved they know the secret."""
+    """The serving side (a host, or a PubSub subscriber): answers each framed batch with
+    `serve(payload, request_ids)`, many at a time, on connections that first proved
+    they know the secret."""
 
     def __init__(self, serve: Serve) -> None:
         self.serve = serve
@@ -136,7 +137,8 @@ class LinkSlot:
 
 
 class Link:
-    """The router's side: one connection to one host, any number of calls in flight."""
+    """The calling side (a router, or a publisher): one connection to one peer, any
+    number of calls in flight."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
