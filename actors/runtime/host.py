@@ -54,6 +54,11 @@ CYCLE_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Opening a connection: asyncpg's default (60 s) would hold a cycle through a hang.
 CONNECT_TIMEOUT_S = 5.0
+# A cycle's statement takes arrays of any length, against tables that start empty and
+# grow: a plan cached once for every call (PostgreSQL's generic plan, made from the
+# table sizes of its first calls) scanned a whole table per cycle after the tables had
+# grown. Each cycle is planned for its own arrays, at a fraction of a millisecond.
+CYCLE_SESSION = {"plan_cache_mode": "force_custom_plan"}
 # How often a host looks for messages waiting on a hung cycle.
 SHED_INTERVAL_S = 0.1
 HUNG = "PostgreSQL is not answering; retry (by reference id) to learn the outcome"
@@ -157,7 +162,7 @@ class EntityHost:
         # given up anyway; the cycle fails whole and they retry by reference id.
         self.pool = await asyncpg.create_pool(
             self.dsn, min_size=2, max_size=4, command_timeout=self.settings.call_deadline_s,
-            timeout=CONNECT_TIMEOUT_S, reset=_keep_session,
+            timeout=CONNECT_TIMEOUT_S, reset=_keep_session, server_settings=CYCLE_SESSION,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             self.incarnation = await take_lease(conn, self.kind_name, self.index)
