@@ -12,7 +12,7 @@ import uuid
 import pytest
 import ray
 
-from actors.pubsub import Publisher, Subscriber, broker, publisher, pubsub_handle
+from actors.pubsub import Publisher, Subscriber, broker, publisher, pubsub_handle, subscriber
 from tests.polling import sigstop
 
 pytestmark = pytest.mark.cluster
@@ -156,6 +156,38 @@ def test_a_hung_pubsub_costs_a_flush_its_events_not_a_hang(ray_cluster, run, set
             assert pub.lost == 1
         finally:
             os.kill(pid, signal.SIGCONT)
+        await sub.close()
+
+    run(main())
+
+
+def test_a_hung_pubsub_fails_a_join_in_bounded_time_and_shows_unhealthy(
+    ray_cluster, run, settings
+) -> None:
+    async def main() -> None:
+        sub = Subscriber(settings.namespace, poll_wait_s=0.2)
+        sub.start()
+        await _collect(sub, f"user:{uuid.uuid4()}")
+        assert await _until(lambda: sub.healthy)
+        handle = pubsub_handle(settings.namespace)
+        pid = await handle.__ray_call__.remote(lambda _self: os.getpid())
+        late = f"user:{uuid.uuid4()}"
+        sigstop(pid)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):  # the socket's join answers "unavailable"
+                await asyncio.wait_for(_collect(sub, late), subscriber.CONTROL_TIMEOUT_S + 5)
+            assert time.monotonic() - started < subscriber.CONTROL_TIMEOUT_S + 2
+            assert late not in sub.callbacks
+            assert await _until(lambda: not sub.healthy, subscriber.POLL_MARGIN_S + 2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await _until(lambda: sub.healthy, subscriber.CONTROL_TIMEOUT_S + 2)
+        got = await _collect(sub, late)
+        pub = Publisher(settings.namespace)
+        pub.publish(late, "after", {})
+        await pub.drain()
+        assert await _until(lambda: len(got) == 1)
         await sub.close()
 
     run(main())

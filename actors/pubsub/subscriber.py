@@ -16,6 +16,7 @@ from actors.runtime.link import Endpoint, Listener
 from actors.runtime.liveness import is_actor_down
 
 from .broker import (
+    LEASE_S,
     POLL_WAIT_S,
     Event,
     pattern_of,
@@ -23,6 +24,13 @@ from .broker import (
 )
 
 log = logging.getLogger(__name__)
+
+# Beyond the longest a working PubSub holds a call: a registration waits until the
+# publishers know it (after a restart of PubSub, for their old leases to end first:
+# twice LEASE_S at most), a poll its wait. A hung PubSub fails a socket's join after
+# this long, instead of holding it and every join behind it.
+CONTROL_TIMEOUT_S = 2 * LEASE_S + 2.0
+POLL_MARGIN_S = 5.0
 
 Callback = Callable[[str, str, dict], None]
 
@@ -71,7 +79,7 @@ class Subscriber:
         if self._handle is not None:
             try:
                 await asyncio.wait_for(self._handle.drop.remote(self.id), timeout=2.0)
-            except Exception:
+            except Exception:  # PubSub drops a subscriber that stops polling anyway
                 pass
 
     async def _endpoint(self) -> Endpoint | None:
@@ -116,9 +124,10 @@ class Subscriber:
             return
         pending = self._pending[topic] = asyncio.get_running_loop().create_future()
         try:
-            await self._subscribe_remote(topic)
+            await asyncio.wait_for(self._subscribe_remote(topic), CONTROL_TIMEOUT_S)
         except BaseException as exc:
-            self._forget(topic, callback)
+            # PubSub may still take the subscription late: undo it there too.
+            self.unsubscribe(topic, callback)
             pending.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
             pending.exception()  # retrieved: no "never retrieved" warning
             raise
@@ -156,7 +165,9 @@ class Subscriber:
             if topic in self.callbacks:  # subscribed again meanwhile
                 return
             try:
-                await self._get_handle().unsubscribe.remote(self.id, [topic])
+                await asyncio.wait_for(
+                    self._get_handle().unsubscribe.remote(self.id, [topic]), CONTROL_TIMEOUT_S
+                )
             except Exception as exc:
                 log.warning("unsubscribe %s failed: %s", topic, type(exc).__name__)
 
@@ -176,10 +187,11 @@ class Subscriber:
         while not self._closed:
             try:
                 if not self._registered:
-                    await self._register()
+                    await asyncio.wait_for(self._register(), CONTROL_TIMEOUT_S)
                     self.healthy = True
-                known, lost, events = await self._get_handle().poll.remote(
-                    self.id, self.poll_wait_s
+                known, lost, events = await asyncio.wait_for(
+                    self._get_handle().poll.remote(self.id, self.poll_wait_s),
+                    self.poll_wait_s + POLL_MARGIN_S,
                 )
                 self.healthy = True
                 backoff = 0.05

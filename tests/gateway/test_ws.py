@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from actors.pubsub import Publisher, pubsub_handle
-from tests.polling import wait_until
+from actors.pubsub.subscriber import CONTROL_TIMEOUT_S
+from tests.polling import sigstop, wait_until
 from tests.serve_fixtures import JWT_SECRET
 
 pytestmark = pytest.mark.cluster
@@ -351,6 +354,28 @@ def test_a_resent_keyed_bet_push_is_one_bet(socket_for, api: httpx.Client, new_u
     bad = phx.push(topic, "place_bet", {**bet, "idempotency_key": 7})
     assert bad["response"]["reason"] == "invalid_input"
     assert phx.push(topic, "get_balance", {})["response"]["balance"] == "40.00"
+
+
+def test_a_join_while_pubsub_hangs_is_answered_unavailable(socket_for, api: httpx.Client,
+                                                           new_user, settings) -> None:
+    """A hung PubSub fails a join within a bounded time, and the socket goes on."""
+    u = new_user()
+    api.post("/api/wallet/deposit", json={"amount": "5.00"}, headers=u.headers)
+    phx = socket_for(u.token)
+    handle = pubsub_handle(settings.namespace)
+    pid = ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()))
+    topic = f"user:{u.id}"
+    sigstop(pid)
+    try:
+        started = time.monotonic()
+        reply = phx.join(topic)
+        assert time.monotonic() - started < CONTROL_TIMEOUT_S + 2
+        assert reply["status"] == "error"
+        assert reply["response"]["error"]["code"] == "unavailable"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert phx.join(topic) == {"status": "ok", "response": {}}
+    assert phx.push(topic, "get_balance", {})["response"]["balance"] == "5.00"
 
 
 def test_pushes_resume_after_a_pubsub_restart(socket_for, api: httpx.Client, new_user,
