@@ -18,7 +18,7 @@ import pytest
 
 from actors.ops import pgserver
 from gateway import idempotency
-from tests.polling import wait_until
+from tests.polling import sigstop, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -31,7 +31,7 @@ def postgres_stopped(data_dir: Path) -> Iterator[None]:
     postmaster = psutil.Process(pid)
     processes = [postmaster, *postmaster.children(recursive=True)]
     for proc in processes:
-        os.kill(proc.pid, signal.SIGSTOP)
+        sigstop(proc.pid)
     try:
         yield
     finally:
