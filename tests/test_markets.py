@@ -1042,27 +1042,37 @@ def test_a_bet_on_a_market_that_does_not_exist_takes_no_stake(lootify):
     assert [t["kind"] for t in lootify.wallet(user).transactions()] == ["deposit"]
 
 
-def inject_interrupted_bet(lootify, aio, run, dsn, market_id: str, user: str, amount: int) -> str:
-    """The durable state a crash between a bet's acceptance and its commit leaves: the
-    bet row with `stake = reserved`, counted in its market's row, and the wallet's
-    reservation `bet:<id>`."""
-    bet_id = str(uuid.uuid4())
-    # How an older release took a stake: a reservation, committed after the bet.
-    run(aio.wallet(user).reserve(amount, f"bet:{bet_id}", 60.0))
+def inject_interrupted_bets(
+    aio, run, dsn, market_id: str, user: str, amounts: list[int]
+) -> list[str]:
+    """The durable state a crash between bets' acceptance and their commit leaves: the
+    bet rows with `stake = reserved`, counted in their market's row, and the wallet's
+    reservations `bet:<id>`. The rows and the count are written in one statement, with
+    the market passivated by the caller: an activation that saw some of them, or none,
+    would write its own count back over the injected one."""
+    bet_ids = [str(uuid.uuid4()) for _ in amounts]
+    for bet_id, amount in zip(bet_ids, amounts, strict=True):
+        # How an older release took a stake: a reservation, committed after the bet.
+        run(aio.wallet(user).reserve(amount, f"bet:{bet_id}", 60.0))
     sql(
         run,
         dsn,
         "with bet as (insert into bets.bets (id, user_id, market_id, selection, amount, "
-        "odds_x100, potential_payout, status, stake, placed_at) values ($1, $2, $3, 'home', "
-        "$4, 200, $5, 'accepted', 'reserved', now() - interval '10 seconds') returning 1) "
-        "update bets.markets set unstaked = unstaked + 1 where id = $3",
-        bet_id,
+        "odds_x100, potential_payout, status, stake, placed_at) "
+        "select b.id, $2, $3, 'home', b.amount, 200, 2 * b.amount, 'accepted', 'reserved', "
+        "now() - interval '10 seconds' from unnest($1::uuid[], $4::bigint[]) as b(id, amount) "
+        "returning 1) "
+        "update bets.markets set unstaked = unstaked + (select count(*) from bet) where id = $3",
+        bet_ids,
         user,
         market_id,
-        amount,
-        2 * amount,
+        amounts,
     )
-    return bet_id
+    return bet_ids
+
+
+def passivate_markets(aio, run) -> None:
+    run(_await(aio.routers["markets"].handles[0].passivate_all.remote()))
 
 
 def wake(run, handle, timeout: float = 60.0) -> None:
@@ -1133,9 +1143,8 @@ def test_a_markets_count_of_unstaked_bets_is_set_right_once_they_are_staked(
     must bring it to zero (or it would look at the market every tick, for ever)."""
     view = new_market(lootify)
     user = funded(lootify, 10_000)
-    for _ in range(3):
-        inject_interrupted_bet(lootify, aio, run, database_url, view["id"], user, 100)
-    run(_await(aio.routers["markets"].handles[0].passivate_all.remote()))  # reload from PG
+    passivate_markets(aio, run)  # the next activation loads the bets from PostgreSQL
+    inject_interrupted_bets(aio, run, database_url, view["id"], user, [100, 100, 100])
 
     def stored() -> tuple[int, int]:
         row = sql(
@@ -1153,8 +1162,8 @@ def test_a_markets_count_of_unstaked_bets_is_set_right_once_they_are_staked(
 def test_recovery_commits_an_interrupted_bet(lootify, aio, run, database_url):
     view = new_market(lootify)
     user = funded(lootify, 10_000)
-    bet_id = inject_interrupted_bet(lootify, aio, run, database_url, view["id"], user, 1_000)
-    run(_await(aio.routers["markets"].handles[0].passivate_all.remote()))  # reload from PG
+    passivate_markets(aio, run)  # the next activation loads the bet from PostgreSQL
+    [bet_id] = inject_interrupted_bets(aio, run, database_url, view["id"], user, [1_000])
     assert balance(lootify, user) == (10_000, 9_000, 1_000)
     assert wait_stake(run, database_url, bet_id, timeout=20) == "committed"
     assert balance(lootify, user) == (9_000, 9_000, 0)
@@ -1170,7 +1179,7 @@ def test_restarted_market_host_recovers_without_being_called(lootify, aio, run, 
     user = funded(lootify, 10_000)
     handle = aio.routers["markets"].handles[0]
     os.kill(run(_await(handle.pid.remote())), signal.SIGKILL)
-    bet_id = inject_interrupted_bet(lootify, aio, run, database_url, view["id"], user, 1_000)
+    [bet_id] = inject_interrupted_bets(aio, run, database_url, view["id"], user, [1_000])
     try:
         stake = wait_stake(run, database_url, bet_id, timeout=30)  # no call to the host
     finally:
