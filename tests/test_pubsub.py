@@ -4,10 +4,12 @@ and recovery after the broker restarts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import ray
@@ -31,6 +33,18 @@ async def _subscribed(namespace: str) -> tuple[Subscriber, str, list, Publisher]
     topic = f"user:{uuid.uuid4()}"
     got = await _collect(sub, topic)
     return sub, topic, got, Publisher(namespace)
+
+
+@contextlib.asynccontextmanager
+async def _pubsub_stopped(namespace: str) -> AsyncIterator[None]:
+    """The PubSub actor hung (SIGSTOPped) inside the block, running again after it."""
+    handle = pubsub_handle(namespace)
+    pid = await handle.__ray_call__.remote(lambda _self: os.getpid())
+    sigstop(pid)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 async def _until(predicate, timeout: float = 10.0) -> bool:
@@ -145,17 +159,12 @@ def test_a_hung_pubsub_costs_a_flush_its_events_not_a_hang(ray_cluster, run, set
         pub.publish(topic, "before", {})  # the publisher knows the routes, and trusts them
         await pub.drain()
         assert await _until(lambda: len(got) == 1)
-        handle = pubsub_handle(settings.namespace)
-        pid = await handle.__ray_call__.remote(lambda _self: os.getpid())
-        sigstop(pid)
-        try:
+        async with _pubsub_stopped(settings.namespace):
             pub.publish(topic, "n", {})
             started = time.monotonic()
             await asyncio.wait_for(pub.drain(), publisher.PUBSUB_TIMEOUT_S + 5)
             assert time.monotonic() - started < publisher.PUBSUB_TIMEOUT_S + 2
             assert pub.lost == 1
-        finally:
-            os.kill(pid, signal.SIGCONT)
         await sub.close()
 
     run(main())
@@ -169,19 +178,14 @@ def test_a_hung_pubsub_fails_a_join_in_bounded_time_and_shows_unhealthy(
         sub.start()
         await _collect(sub, f"user:{uuid.uuid4()}")
         assert await _until(lambda: sub.healthy)
-        handle = pubsub_handle(settings.namespace)
-        pid = await handle.__ray_call__.remote(lambda _self: os.getpid())
         late = f"user:{uuid.uuid4()}"
-        sigstop(pid)
-        try:
+        async with _pubsub_stopped(settings.namespace):
             started = time.monotonic()
             with pytest.raises(TimeoutError):  # the socket's join answers "unavailable"
                 await asyncio.wait_for(_collect(sub, late), subscriber.CONTROL_TIMEOUT_S + 5)
             assert time.monotonic() - started < subscriber.CONTROL_TIMEOUT_S + 2
             assert late not in sub.callbacks
             assert await _until(lambda: not sub.healthy, subscriber.POLL_MARGIN_S + 2)
-        finally:
-            os.kill(pid, signal.SIGCONT)
         assert await _until(lambda: sub.healthy, subscriber.CONTROL_TIMEOUT_S + 2)
         got = await _collect(sub, late)
         pub = Publisher(settings.namespace)
