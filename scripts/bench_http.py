@@ -36,7 +36,9 @@ the conventional row-lock service and the ingress's own ceiling, in one run.
 The load generator shares the 2 cores with the servers and PostgreSQL. Over each
 measured window the CPU of every process of the run is recorded by kind
 (`scripts/cpu_meter.py`), and so is the CPU that processes outside this benchmark
-took (the `others` column, in cores): figures from a busy machine are not comparable.
+took (the `others` column, in cores), and the CPU time the hypervisor gave to other
+guests while this machine's CPUs had work (`stolen`, in cores; not counted as busy):
+figures from a busy machine, or a busy host, are not comparable.
 """
 
 from __future__ import annotations
@@ -547,7 +549,7 @@ def ratio(a: dict, b: dict) -> float | None:
 def report(results: dict) -> list[str]:
     lines = []
     head = (f"{'run':<30}{'conns':>6}{'bets/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-            f"{'CPU ms/bet':>11}{'others':>8}  errors")
+            f"{'CPU ms/bet':>11}{'others':>8}{'stolen':>8}  errors")
     lines += [head, "-" * len(head)]
     for system, key, label in TABLE_ROWS:
         run = results.get(system, {}).get(key)
@@ -557,16 +559,18 @@ def report(results: dict) -> list[str]:
             lines.append(f"{label:<30}{run.get('failed', 'no figures')}")
             continue
         cpu = run.get("cpu_ms_per_bet", {}).get("whole machine", "")
-        others = run.get("cpu_cores", {}).get("others_on_machine", "")
+        cores = run.get("cpu_cores", {})
+        others, stolen = cores.get("others_on_machine", ""), cores.get("stolen", "")
         lines.append(f"{label:<30}{run['concurrency']:>6}{run['bets_per_s']:>9}{run['p50']:>9}"
-                     f"{run['p95']:>9}{run['p99']:>9}{cpu:>11}{others:>8}  "
+                     f"{run['p95']:>9}{run['p99']:>9}{cpu:>11}{others:>8}{stolen:>8}  "
                      f"{run.get('errors') or ''}")
     for system in ("rowlock", "lootify"):
         if results.get(system, {}).get("error"):
             lines.append(f"{system}: FAILED: {results[system]['error'][:300]}")
     lines.append("(CPU ms/bet: the whole machine's busy CPU over the window per accepted bet,")
     lines.append(" load generator included; others: cores busy with processes outside this")
-    lines.append(" benchmark; every HTTP bet carries an Idempotency-Key, WS place_bet has none)")
+    lines.append(" benchmark; stolen: cores the hypervisor gave other guests while this one had")
+    lines.append(" work; every HTTP bet carries an Idempotency-Key, WS place_bet has none)")
     lo = results.get("lootify", {})
     hot = lo.get("http_hot", {})
     if hot.get("cpu_ms_per_bet"):
@@ -626,13 +630,17 @@ def report(results: dict) -> list[str]:
     lines.append("")
     for name, ok, what in results.get("acceptance", []):
         lines.append(f"{'PASS' if ok else 'FAIL'}  {name}: {what}")
-    busiest = max((run.get("cpu_cores", {}).get("others_on_machine", 0.0)
-                   for system in ("rowlock", "lootify")
-                   for key, run in results.get(system, {}).items()
-                   if isinstance(run, dict) and key != "profiled_http_hot"), default=0.0)
+    runs = [run.get("cpu_cores", {}) for system in ("rowlock", "lootify")
+            for key, run in results.get(system, {}).items()
+            if isinstance(run, dict) and key != "profiled_http_hot"]
+    busiest = max((cores.get("others_on_machine", 0.0) for cores in runs), default=0.0)
     if busiest > 0.3:
         lines.append(f"WARNING: other processes kept up to {busiest} of the "
                      f"{os.cpu_count()} cores busy: these figures are not comparable")
+    most_stolen = max((cores.get("stolen", 0.0) for cores in runs), default=0.0)
+    if most_stolen > 0.1:
+        lines.append(f"NOTE: the hypervisor took up to {most_stolen} of the "
+                     f"{os.cpu_count()} cores from a run: its host was busy")
     return lines
 
 

@@ -1,5 +1,5 @@
 """Where the CPU goes: CPU seconds of every process of a benchmark between two moments,
-by kind of process and by process group.
+by kind of process and by process group, and the CPU time the hypervisor took.
 
 The processes are the caller's tree (Ray's daemons and workers, HAProxy, the load
 generator, ...) and the embedded PostgreSQL's, which pg_ctl detaches (`pg_pid`). A
@@ -66,15 +66,18 @@ class Sample:
     at: float  # perf_counter
     cpu: dict[int, tuple[str, float]]  # pid -> (kind, user + system seconds)
     machine_busy: float  # seconds, every process on the machine
+    stolen: float  # seconds the hypervisor ran something else while a CPU had work
 
 
 @dataclass(frozen=True)
 class Usage:
-    """CPU seconds over `wall` seconds."""
+    """CPU seconds over `wall` seconds. Stolen time is no process's: a virtual machine's
+    CPU was ready to run and its host ran another guest, so it is not counted busy."""
 
     wall: float
     kinds: dict[str, float]
     machine_busy: float
+    stolen: float
 
     @property
     def ours(self) -> float:
@@ -98,6 +101,7 @@ class Usage:
                if v / self.wall >= 0.01}
         out["machine_busy"] = round(self.machine_busy / self.wall, 2)
         out["others_on_machine"] = round(self.others / self.wall, 2)
+        out["stolen"] = round(self.stolen / self.wall, 2)
         return out
 
 
@@ -126,8 +130,10 @@ class CpuMeter:
             except psutil.Error:
                 continue
         machine = psutil.cpu_times()
-        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-        return Sample(time.perf_counter(), seen, busy)
+        # Linux counts a guest's time inside user and nice already.
+        not_busy = ("idle", "iowait", "steal", "guest", "guest_nice")
+        busy = sum(machine) - sum(getattr(machine, field, 0.0) for field in not_busy)
+        return Sample(time.perf_counter(), seen, busy, getattr(machine, "steal", 0.0))
 
     @staticmethod
     def usage(before: Sample, after: Sample) -> Usage:
@@ -136,4 +142,4 @@ class CpuMeter:
             start = before.cpu.get(pid, (kind, 0.0))[1]  # new since: count all of it
             kinds[kind] = kinds.get(kind, 0.0) + (cpu - start)
         return Usage(max(after.at - before.at, 1e-6), kinds,
-                     after.machine_busy - before.machine_busy)
+                     after.machine_busy - before.machine_busy, after.stolen - before.stolen)
