@@ -630,14 +630,15 @@ def report(results: dict) -> list[str]:
     lines.append("")
     for name, ok, what in results.get("acceptance", []):
         lines.append(f"{'PASS' if ok else 'FAIL'}  {name}: {what}")
-    runs = [run.get("cpu_cores", {}) for system in ("rowlock", "lootify")
-            for key, run in results.get(system, {}).items()
-            if isinstance(run, dict) and key != "profiled_http_hot"]
-    busiest = max((cores.get("others_on_machine", 0.0) for cores in runs), default=0.0)
+    cores_of_runs = [run.get("cpu_cores", {}) for system in ("rowlock", "lootify")
+                     for key, run in results.get(system, {}).items()
+                     if isinstance(run, dict) and key != "profiled_http_hot"]
+    busiest = max((cores.get("others_on_machine", 0.0) for cores in cores_of_runs),
+                  default=0.0)
     if busiest > 0.3:
         lines.append(f"WARNING: other processes kept up to {busiest} of the "
                      f"{os.cpu_count()} cores busy: these figures are not comparable")
-    most_stolen = max((cores.get("stolen", 0.0) for cores in runs), default=0.0)
+    most_stolen = max((cores.get("stolen", 0.0) for cores in cores_of_runs), default=0.0)
     if most_stolen > 0.1:
         lines.append(f"NOTE: the hypervisor took up to {most_stolen} of the "
                      f"{os.cpu_count()} cores from a run: its host was busy")

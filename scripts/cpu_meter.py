@@ -61,6 +61,16 @@ def kind_of(proc: psutil.Process) -> str:
     return "driver" if proc.pid == os.getpid() else name
 
 
+# Not the machine's work: waiting, and time its hypervisor ran other guests. Linux
+# counts a guest's time inside user and nice already.
+NOT_BUSY = ("idle", "iowait", "steal", "guest", "guest_nice")
+
+
+def busy_seconds(times: tuple[float, ...]) -> float:
+    """The CPU seconds the machine worked, of `psutil.cpu_times()`."""
+    return sum(times) - sum(getattr(times, field, 0.0) for field in NOT_BUSY)
+
+
 @dataclass(frozen=True)
 class Sample:
     at: float  # perf_counter
@@ -130,10 +140,8 @@ class CpuMeter:
             except psutil.Error:
                 continue
         machine = psutil.cpu_times()
-        # Linux counts a guest's time inside user and nice already.
-        not_busy = ("idle", "iowait", "steal", "guest", "guest_nice")
-        busy = sum(machine) - sum(getattr(machine, field, 0.0) for field in not_busy)
-        return Sample(time.perf_counter(), seen, busy, getattr(machine, "steal", 0.0))
+        return Sample(time.perf_counter(), seen, busy_seconds(machine),
+                      getattr(machine, "steal", 0.0))
 
     @staticmethod
     def usage(before: Sample, after: Sample) -> Usage:
