@@ -85,6 +85,16 @@ def check_key(key: object) -> str:
     return key
 
 
+# A key's id: one key of one user, whichever replica, socket or endpoint it comes
+# through. A keyed bet's id is its key's id, and the wallet takes one operation per key
+# id (`actors.wallets.messages`), so a key is one request across bets and payments.
+_KEY_NS = uuid.UUID("6f1c7c2e-4b1e-4d8e-9a4f-0c1d2b3a4e5f")
+
+
+def key_id(user_id: str, key: str) -> str:
+    return str(uuid.uuid5(_KEY_NS, f"{user_id}\n{key}"))
+
+
 def _uid(user_id: object) -> uuid.UUID:
     return user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
 

@@ -24,10 +24,6 @@ from .context import Context
 from .errors import Unauthenticated
 from .schemas import BetIn, EventIn, LotteryDrawIn, MarketIn, SettleIn
 
-# Bet ids derived from idempotency keys: one key of one user is one bet, whichever
-# replica or socket it comes through.
-_BET_NS = uuid.UUID("6f1c7c2e-4b1e-4d8e-9a4f-0c1d2b3a4e5f")
-
 
 def _resource_id(value: str, what: str) -> str:
     """A UUID from a path or a payload; 404 for anything else (no such resource)."""
@@ -83,12 +79,14 @@ async def balance(ctx: Context, user_id: str) -> Any:
     return await (await ctx.aio()).wallet(user_id).balance()
 
 
-async def deposit(ctx: Context, user_id: str, amount: int, reference: str) -> Any:
-    return await (await ctx.aio()).wallet(user_id).deposit(amount, reference)
+async def deposit(ctx: Context, user_id: str, amount: int, reference: str,
+                  key_id: str | None = None) -> Any:
+    return await (await ctx.aio()).wallet(user_id).deposit(amount, reference, key_id)
 
 
-async def withdraw(ctx: Context, user_id: str, amount: int, reference: str) -> Any:
-    return await (await ctx.aio()).wallet(user_id).withdraw(amount, reference)
+async def withdraw(ctx: Context, user_id: str, amount: int, reference: str,
+                   key_id: str | None = None) -> Any:
+    return await (await ctx.aio()).wallet(user_id).withdraw(amount, reference, key_id)
 
 
 async def transactions(ctx: Context, user_id: str, limit: int, before: str | None) -> list:
@@ -244,8 +242,7 @@ async def place_bet(ctx: Context, user_id: str, body: BetIn, *,
     try:
         bet_id = None
         if idempotency_key is not None:
-            key = idempotency.check_key(idempotency_key)
-            bet_id = str(uuid.uuid5(_BET_NS, f"{user_id}\n{key}"))
+            bet_id = idempotency.key_id(user_id, idempotency.check_key(idempotency_key))
         market_id = _resource_id(body.market_id, "market")
         amount = parse_amount(body.amount)
         odds = None if body.odds is None else str(parse_odds(body.odds))

@@ -409,6 +409,65 @@ def test_replay_survives_passivation_and_host_reset(wallet, aio, run, sql, forge
     assert op_count(sql, uid) == 4
 
 
+# -- one Idempotency-Key, one operation ---------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["same activation", "new activation", "sent together"])
+def test_a_key_id_takes_one_operation_of_any_kind(wallet, aio, run, sql, when):
+    """A deposit and a stake sent under one key id: the second is refused whatever its
+    kind and moves nothing, whether the wallet remembers the first (same activation),
+    must find it in PostgreSQL (a new activation: the unique key on key ids refuses the
+    commit and the careful cycle looks it up), or gets both at once."""
+    uid, key = new_id(), new_id()
+    w = wallet(uid)
+    w.deposit(1_000, reference_id="d-0")
+    deposit = Deposit(200, "http:deposit:k", key)
+    stake = Stake(300, f"bet:{key}", new_id(), key)
+    router = aio.routers["wallets"]
+
+    async def send(*messages: Any) -> list[Any]:
+        return await asyncio.gather(*(router.call(uid, m) for m in messages),
+                                    return_exceptions=True)
+
+    if when == "sent together":
+        answers = run(send(deposit, stake))
+        assert [type(a) for a in answers] == [Balance, IdempotencyConflict]
+        expected = Balance(1_200, 1_200, 0)
+    else:
+        [first] = run(send(stake))
+        if when == "new activation":
+            run(_reset_hosts(aio))
+        [refused] = run(send(deposit))
+        assert isinstance(refused, IdempotencyConflict)
+        assert run(send(stake)) == [first]  # its own key: still a replay
+        expected = Balance(700, 700, 0)
+    assert w.balance() == expected
+    assert stored(sql, uid) == (expected.available, 0)
+    assert op_count(sql, uid) == 2
+
+
+def test_a_key_id_replays_its_own_operation_after_a_reset(wallet, aio, run, sql):
+    """The careful cycle's lookup by key id finds the operation's own row: a replay of
+    a keyed withdrawal is answered as before, not refused as another request."""
+    uid, key = new_id(), new_id()
+    w = wallet(uid)
+    w.deposit(1_000, reference_id="d-0")
+    first = w.withdraw(250, reference_id="http:withdraw:k", key_id=key)
+    run(_reset_hosts(aio))
+    with pytest.raises(IdempotencyConflict):  # forces the careful cycle's lookup
+        w.deposit(5, reference_id="http:deposit:k", key_id=key)
+    assert w.withdraw(250, reference_id="http:withdraw:k", key_id=key) == first
+    assert w.balance() == Balance(750, 750, 0)
+    assert op_count(sql, uid) == 2
+
+
+def test_a_key_id_is_a_uuid(wallet, sql):
+    uid = new_id()
+    with pytest.raises(InvalidInput):
+        wallet(uid).deposit(100, reference_id="d-1", key_id="not-a-uuid")
+    assert stored(sql, uid) is None
+
+
 # -- bad arguments -----------------------------------------------------------------------
 
 BAD_AMOUNTS = [0, -1, -10_000, 1.0, 2.5, math.nan, True, False, "100", "1.00", None,

@@ -3,6 +3,7 @@ cross as bare tuples (no constructor runs on either side)."""
 
 from __future__ import annotations
 
+import pickle
 import pickletools
 import uuid
 
@@ -16,7 +17,9 @@ from actors.runtime.wire import decode_batch, decode_outcomes, encode_batch, enc
 MESSAGES = [
     w.GetBalance(),
     w.Deposit(1_000, "dep-1"),
+    w.Deposit(1_000, "dep-2", str(uuid.uuid4())),
     w.Withdraw(500, "wd-1"),
+    w.Stake(100, "bet:2", str(uuid.uuid4()), str(uuid.uuid4())),
     w.Reserve(100, "bet:1", 30.0, confirm_held=True),
     w.Commit("bet:1", None, "market:x"),
     w.Release("bet:1"),
@@ -48,6 +51,14 @@ def test_a_message_arrives_equal_and_of_its_own_type(message):
     ((_, arrived),) = decode_batch(payload)
     assert arrived == message and type(arrived) is type(message)
     assert not {"NEWOBJ", "NEWOBJ_EX", "REDUCE"} & _opcodes(payload)
+
+
+def test_a_message_from_a_sender_older_than_a_field_arrives_with_its_default():
+    """A process of the release before `key_id` sends a stake of three fields."""
+    market = str(uuid.uuid4())
+    older = [("user", tuple(w.Stake(100, "bet:3", market))[:3], w.Stake.wire_name)]
+    ((_, arrived),) = decode_batch(pickle.dumps(older))
+    assert arrived == w.Stake(100, "bet:3", market) and arrived.key_id is None
 
 
 def test_answers_arrive_as_they_were_sent():

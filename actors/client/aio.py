@@ -52,16 +52,21 @@ class AsyncWallet:
     async def balance(self) -> wallets.Balance:
         return await self._send(wallets.GetBalance())
 
-    async def deposit(self, amount: int, reference_id: str) -> wallets.Balance:
-        return await self._send(wallets.Deposit(amount, reference_id))
+    async def deposit(
+        self, amount: int, reference_id: str, key_id: str | None = None
+    ) -> wallets.Balance:
+        return await self._send(wallets.Deposit(amount, reference_id, key_id))
 
-    async def withdraw(self, amount: int, reference_id: str) -> wallets.Balance:
-        return await self._send(wallets.Withdraw(amount, reference_id))
+    async def withdraw(
+        self, amount: int, reference_id: str, key_id: str | None = None
+    ) -> wallets.Balance:
+        return await self._send(wallets.Withdraw(amount, reference_id, key_id))
 
     async def reserve(
-        self, amount: int, reference_id: str, timeout_s: float | None = None
+        self, amount: int, reference_id: str, timeout_s: float | None = None,
+        key_id: str | None = None,
     ) -> wallets.Balance:
-        return await self._send(wallets.Reserve(amount, reference_id, timeout_s))
+        return await self._send(wallets.Reserve(amount, reference_id, timeout_s, key_id=key_id))
 
     async def commit(
         self, reference_id: str, amount: int | None = None, target: str = "house"

@@ -61,17 +61,19 @@ class Wallet:
         """`Balance(balance, available, reserved)`, as of the last committed operation."""
         return self._loop.run(self._wallet.balance())
 
-    def deposit(self, amount: int, reference_id: str) -> Balance:
-        """Money in from outside (journal: external -a, user +a)."""
-        return self._loop.run(self._wallet.deposit(amount, reference_id))
+    def deposit(self, amount: int, reference_id: str, key_id: str | None = None) -> Balance:
+        """Money in from outside (journal: external -a, user +a). `key_id`: the client's
+        Idempotency-Key as an id (`actors.wallets.messages`), if it sent one."""
+        return self._loop.run(self._wallet.deposit(amount, reference_id, key_id))
 
-    def withdraw(self, amount: int, reference_id: str) -> Balance:
+    def withdraw(self, amount: int, reference_id: str, key_id: str | None = None) -> Balance:
         """Money out; refused with `InsufficientFunds` beyond what is available."""
-        return self._loop.run(self._wallet.withdraw(amount, reference_id))
+        return self._loop.run(self._wallet.withdraw(amount, reference_id, key_id))
 
-    def reserve(self, amount: int, reference_id: str, timeout_s: float | None = None) -> Balance:
+    def reserve(self, amount: int, reference_id: str, timeout_s: float | None = None,
+                key_id: str | None = None) -> Balance:
         """Hold `amount` (a pending transfer) until committed, released or timed out."""
-        return self._loop.run(self._wallet.reserve(amount, reference_id, timeout_s))
+        return self._loop.run(self._wallet.reserve(amount, reference_id, timeout_s, key_id))
 
     def commit(
         self, reference_id: str, amount: int | None = None, target: str = "house"

@@ -142,9 +142,11 @@ class BetSaga:
                     )
             to_stake = [op for op in to_stake if op.prepared is None]
         router = await self.wallets()
+        # A keyed bet's id is its Idempotency-Key's id (`wallets.messages`).
         stakes = [
             (op.message.user_id,
-             wallets.Stake(op.message.amount, stake_ref(op.message.bet_id), op.entity_id))
+             wallets.Stake(op.message.amount, stake_ref(op.message.bet_id), op.entity_id,
+                           None if op.message.request_hash is None else op.message.bet_id))
             for op in to_stake
         ]
         outcomes = await router.call_many(stakes)

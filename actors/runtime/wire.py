@@ -39,7 +39,12 @@ def _flat(value: Any) -> tuple[Any, str | None]:
 
 
 def _built(fields: Any, name: str | None) -> Any:
-    return fields if name is None else tuple.__new__(_PLAIN[name], fields)
+    if name is None:
+        return fields
+    cls: Any = _PLAIN[name]
+    if len(fields) < len(cls._fields):  # from a sender older than a field: its default
+        fields = (*fields, *(cls._field_defaults[f] for f in cls._fields[len(fields):]))
+    return tuple.__new__(cls, fields)
 
 
 def encode_batch(batch: list[tuple[str, Any]], dumps: Callable[..., bytes] = pickle.dumps) -> bytes:

@@ -88,6 +88,9 @@ class WalletKind(EntityKind[Wallet]):
         super().__init__(host, settings)
         self.recent: OrderedDict[tuple[str, str], Prior] = OrderedDict()
         self.cycle_priors: dict[tuple[str, str], Prior] = {}
+        # The cycle's known Idempotency-Key ids: (wallet id, key id) -> the op key of the
+        # operation that took it.
+        self.cycle_keys: dict[tuple[str, str], str] = {}
         # The cycle's clock: reservations made and expired in one cycle share it.
         self.now = time.time()
 
@@ -122,14 +125,21 @@ class WalletKind(EntityKind[Wallet]):
         careful cycle."""
         careful = self.take_careful()
         self.cycle_priors = {}
+        self.cycle_keys = {}
         self.now = time.time()
         unknown: dict[tuple[str, str], None] = {}
+        # Key ids are assumed new, as reference ids are: the unique key on them catches
+        # one used before, and the careful cycle looks them up.
+        unknown_keys: dict[tuple[str, str], None] = {}
         entities = self.host.entities
         for op in ops:
             key = _op_key(op.message)
             if key is None:
                 continue
             k = (op.entity_id, key)
+            key_id = getattr(op.message, "key_id", None)
+            if careful and key_id is not None:
+                unknown_keys[(op.entity_id, key_id)] = None
             prior = self.recent.get(k)
             if prior is not None:
                 self.cycle_priors[k] = prior
@@ -138,19 +148,28 @@ class WalletKind(EntityKind[Wallet]):
                 and op.message.reference_id not in (entities[op.entity_id].state.pending or ())
             ):
                 unknown[k] = None
-        if not unknown:
+        if not unknown and not unknown_keys:
             return
         for r in await conn.fetch(
-            "select o.wallet_id::text as id, o.op_key, o.args, o.kind, o.available_after, "
-            "o.reserved_after from wallets.operations o "
+            "select o.wallet_id::text as id, o.op_key, o.key_id::text, o.args, o.kind, "
+            "o.available_after, o.reserved_after from wallets.operations o "
             "join unnest($1::uuid[], $2::text[]) as k(wallet_id, op_key) "
-            "on o.wallet_id = k.wallet_id and o.op_key = k.op_key",
+            "on o.wallet_id = k.wallet_id and o.op_key = k.op_key "
+            "union "
+            "select o.wallet_id::text, o.op_key, o.key_id::text, o.args, o.kind, "
+            "o.available_after, o.reserved_after from wallets.operations o "
+            "join unnest($3::uuid[], $4::uuid[]) as k(wallet_id, key_id) "
+            "on o.wallet_id = k.wallet_id and o.key_id = k.key_id",
             [k[0] for k in unknown],
             [k[1] for k in unknown],
+            [k[0] for k in unknown_keys],
+            [k[1] for k in unknown_keys],
         ):
             self.cycle_priors[(r["id"], r["op_key"])] = Prior(
                 r["args"], r["kind"], r["available_after"], r["reserved_after"]
             )
+            if r["key_id"] is not None:
+                self.cycle_keys[(r["id"], r["key_id"])] = r["op_key"]
 
     def read(self, w: Wallet, message: Any) -> Any:
         if not isinstance(message, GetBalance):
@@ -191,18 +210,26 @@ class WalletKind(EntityKind[Wallet]):
                 f"reference {message.reference_id} was used with other arguments",
                 reference_id=message.reference_id,
             )
+        key_id = getattr(message, "key_id", None)
+        if key_id is not None and self.cycle_keys.get((w.id, key_id), key) != key:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used for another request",
+                reference_id=message.reference_id,
+            )
 
         ref = message.reference_id
         if isinstance(message, Deposit):
             a = message.amount
             return self._write(
-                w, cycle, key, "deposit", ref, args, a, a, (("external", -a), (_user(w), a))
+                w, cycle, key, "deposit", ref, args, a, a, (("external", -a), (_user(w), a)),
+                key_id=key_id,
             )
         if isinstance(message, Withdraw):
             a = message.amount
             self._need(w, a)
             return self._write(
-                w, cycle, key, "withdrawal", ref, args, a, -a, ((_user(w), -a), ("external", a))
+                w, cycle, key, "withdrawal", ref, args, a, -a, ((_user(w), -a), ("external", a)),
+                key_id=key_id,
             )
         if isinstance(message, Credit):
             a = message.amount
@@ -216,6 +243,7 @@ class WalletKind(EntityKind[Wallet]):
                 w, cycle, key, "stake", ref, args, a, -a,
                 ((_user(w), -a), (f"market:{message.market_id}", a)),
                 stake_market=message.market_id,
+                key_id=key_id,
             )
         if isinstance(message, Reserve):
             a = message.amount
@@ -232,6 +260,7 @@ class WalletKind(EntityKind[Wallet]):
                 -a,
                 ((_user(w), -a), ("escrow", a)),
                 reserve=(a, expires),
+                key_id=key_id,
             )
         if isinstance(message, (Commit, Release, Expire)):
             held = (w.pending or {}).get(ref)
@@ -280,6 +309,7 @@ class WalletKind(EntityKind[Wallet]):
         reserve: tuple[int, float | None] | None = None,
         resolve: int | None = None,
         stake_market: str | None = None,
+        key_id: str | None = None,
     ) -> Balance:
         """Apply one validated operation to memory and record its write."""
         if reserve is not None:
@@ -296,9 +326,11 @@ class WalletKind(EntityKind[Wallet]):
         w.available += available_delta
         w.seq += 1
         done = self.cycle_priors[(w.id, key)] = Prior(args, kind, w.available, w.reserved)
+        if key_id is not None:
+            self.cycle_keys[(w.id, key_id)] = key
         cycle.writes.append(
             Write(w, key, w.seq, ref, amount, entries, reserve, resolve is not None, done,
-                  stake_market)
+                  stake_market, key_id)
         )
         return w.balance()
 

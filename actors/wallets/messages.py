@@ -1,9 +1,16 @@
-"""The wallet's messages and answers, and the checks of their arguments."""
+"""The wallet's messages and answers, and the checks of their arguments.
+
+`key_id`: an operation a client sent under an Idempotency-Key carries the key's id
+(`gateway.idempotency.key_id`; a keyed bet's stake carries its bet id, which is that
+id). A key is one request of its user, whatever the endpoint: the wallet takes one
+operation per key id and refuses any other (idempotency_conflict). None: no key.
+"""
 
 from __future__ import annotations
 
 import re
 import string
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,6 +43,7 @@ class GetBalance(NamedTuple):
 class Deposit(NamedTuple):
     amount: int
     reference_id: str
+    key_id: str | None = None
 
     def args(self) -> str:
         """The arguments a replay of this reference id must repeat."""
@@ -46,6 +54,7 @@ class Deposit(NamedTuple):
 class Withdraw(NamedTuple):
     amount: int
     reference_id: str
+    key_id: str | None = None
 
     def args(self) -> str:
         return f"withdraw|{self.amount}"
@@ -60,6 +69,7 @@ class Reserve(NamedTuple):
     # reservation that has since ended is refused (ReservationResolved), for callers
     # that go on to spend the money held.
     confirm_held: bool = False
+    key_id: str | None = None
 
     def args(self) -> str:
         return f"reserve|{self.amount}|{self.timeout_s}"
@@ -84,6 +94,7 @@ class Stake(NamedTuple):
     amount: int
     reference_id: str
     market_id: str
+    key_id: str | None = None
 
     def args(self) -> str:
         return f"stake|{self.amount}|{self.market_id}"
@@ -147,6 +158,17 @@ def _is_reference(ref: str) -> bool:
 def _check_amounted(message: Any) -> None:
     _check_reference(message)
     check_amount(message.amount)
+    key_id = getattr(message, "key_id", None)
+    if key_id is not None and not _is_uuid(key_id):
+        raise InvalidInput("key_id must be a UUID", field="key_id")
+
+
+def _is_uuid(value: object) -> bool:
+    try:
+        uuid.UUID(value)  # type: ignore[arg-type]  # anything else is refused below
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
 
 
 def _check_reserve(message: Reserve) -> None:

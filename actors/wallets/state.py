@@ -43,3 +43,4 @@ class Write(NamedTuple):
     pending_remove: bool
     done: Prior  # its kind, arguments and result
     stake_market: str | None = None  # a stake: opened, for the market of this id
+    key_id: str | None = None  # the Idempotency-Key's id it was sent under (`messages`)

@@ -27,9 +27,10 @@ with fence as (
     select runtime.hold_epochs($1, $2, $3, $4::int[], $5::bigint[]) as held
 ), written as (
     insert into wallets.operations (id, wallet_id, op_key, seq, kind, reference_id, amount,
-                                    args, available_after, reserved_after)
+                                    args, available_after, reserved_after, key_id)
     select * from unnest($6::uuid[], $7::uuid[], $8::text[], $9::bigint[], $10::text[],
-                         $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[])
+                         $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[],
+                         $43::uuid[])
 ), journal as (
     insert into wallets.entries (wallet_id, seq, account, amount)
     select * from unnest($16::uuid[], $17::bigint[], $18::text[], $19::bigint[])
@@ -83,6 +84,8 @@ async def commit_cycle(
         "a reference id was used before this activation", constraint="operations_pkey"
     ), retry_carefully_on_duplicate(
         "a stake's reference id was used before this activation", constraint="open_stakes_pkey"
+    ), retry_carefully_on_duplicate(
+        "an Idempotency-Key was used before this activation", constraint="operations_key_id"
     ):
         await conn.execute(
             _COMMIT,
@@ -124,6 +127,7 @@ async def commit_cycle(
             [market for _, market in stakes],
             [shard_of(market, shards) for _, market in stakes],
             [x.amount for x, _ in stakes],
+            [x.key_id for _, x in ops],
         )
 
 

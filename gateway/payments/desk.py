@@ -96,14 +96,16 @@ class PaymentDesk:
             await store.set_payment_id(pool, deposit_id, payment_id)
         return {"deposit": store.view(row)}
 
-    async def withdraw(self, user_id: str, amount: int, withdrawal_id: str) -> dict[str, Any]:
+    async def withdraw(self, user_id: str, amount: int, withdrawal_id: str,
+                       key_id: str | None = None) -> dict[str, Any]:
+        """`key_id`: the Idempotency-Key's id, if the player sent one (its hold takes it)."""
         pool = self.db()
         row = await store.create_withdrawal(pool, withdrawal_id, user_id, amount)
         if row["status"] == "requested":
             try:
                 # No time-out: the funds stay held until the provider says paid or failed.
                 await (await self.aio()).wallet(user_id).reserve(
-                    amount, _withdrawal_ref(withdrawal_id))
+                    amount, _withdrawal_ref(withdrawal_id), key_id=key_id)
             except (InsufficientFunds, InvalidInput):
                 await store.drop_withdrawal(pool, withdrawal_id)
                 raise

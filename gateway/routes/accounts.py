@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from actors.money import parse_amount
 
-from .. import services, views
+from .. import idempotency, services, views
 from ..auth import tokens
 from ..deps import Authenticated, IdempotencyKey, client_ip, ctx_of, idempotent, reference_for
 from ..payments.desk import PaymentDesk, request_id
@@ -73,7 +73,8 @@ async def _move(request: Request, claims: tokens.Claims, kind: str, amount: str)
     async def work(key: str | None) -> tuple[int, dict]:
         if ctx.payments is not None:  # through the provider: pending, answered 202
             return 202, await _through_provider(ctx.payments, claims.user_id, kind, minor, key)
-        b = await move(ctx, claims.user_id, minor, reference_for(kind, key))
+        b = await move(ctx, claims.user_id, minor, reference_for(kind, key),
+                       None if key is None else idempotency.key_id(claims.user_id, key))
         return 200, views.balance(b, ctx.settings.currency)
 
     return await idempotent(request, claims, work)
@@ -83,7 +84,8 @@ async def _through_provider(desk: PaymentDesk, user_id: str, kind: str, minor: i
                             key: str | None) -> dict:
     if kind == "deposit":
         return await desk.deposit(user_id, minor, request_id(kind, user_id, key))
-    return await desk.withdraw(user_id, minor, request_id(kind, user_id, key))
+    return await desk.withdraw(user_id, minor, request_id(kind, user_id, key),
+                               None if key is None else idempotency.key_id(user_id, key))
 
 
 @router.post("/api/wallet/deposit", response_model=BalanceOut, tags=["wallet"])

@@ -630,13 +630,13 @@ def test_http_surface_follows_the_model(api: httpx.Client, new_user) -> None:
     print(dict(sorted(seen.items())))
 
 
-@pytest.mark.xfail(strict=True, reason="bets keep their Idempotency-Key in the market and "
-                   "deposits and withdrawals in the replica's table; neither looks in the "
-                   "other, so one key acts twice (the contract: keys are per user)")
-@pytest.mark.parametrize("first", ["bet", "deposit"])
-def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str) -> None:
+@pytest.mark.parametrize(("first", "payment"), [("bet", "deposit"), ("payment", "deposit"),
+                                              ("bet", "withdraw"), ("payment", "withdraw")])
+def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str,
+                                         payment: str) -> None:
     """The contract: "the same key with a different body is 409 idempotency_conflict.
-    Keys are per user", as a deposit's key is on a withdrawal (test_http.py)."""
+    Keys are per user", as a deposit's key is on a withdrawal (test_http.py): a bet and
+    a deposit or withdrawal sent with one key, in either order, act once."""
     op = new_user("operator")
     r = api.post("/api/events", json={"name": "Key FC", "category": "football",
                                       "starts_at": "2030-06-01T20:00:00Z"}, headers=op.headers)
@@ -649,15 +649,19 @@ def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str
                     headers=u.headers).status_code == 200
     keyed = {**u.headers, "Idempotency-Key": "one-key"}
     bet = {"market_id": market, "selection": "home", "amount": "5.00"}
-    requests = [("/api/bets", bet, 201), ("/api/wallet/deposit", {"amount": "7.00"}, 200)]
-    if first == "deposit":
+    requests = [("/api/bets", bet, 201), (f"/api/wallet/{payment}", {"amount": "7.00"}, 200)]
+    if first == "payment":
         requests.reverse()
     (path, body, status), (again, other, _) = requests
     assert api.post(path, json=body, headers=keyed).status_code == status
     r = api.post(again, json=other, headers=keyed)
+    left = {"bet": "45.00", "deposit": "57.00", "withdraw": "43.00"}[
+        "bet" if first == "bet" else payment]
     balance = api.get("/api/wallet/balance", headers=u.headers).json()["balance"]
-    assert (r.status_code, error_of(r), balance) == (409, "idempotency_conflict",
-                                                     "45.00" if first == "bet" else "57.00")
+    assert (r.status_code, error_of(r), balance) == (409, "idempotency_conflict", left)
+    # The refusal is the key's answer from now on.
+    r = api.post(again, json=other, headers=keyed)
+    assert (r.status_code, error_of(r)) == (409, "idempotency_conflict")
 
 
 @pytest.mark.parametrize("first", ["refused", "placed"])
