@@ -3,12 +3,15 @@
 backend, with its access log sent to a syslog socket of the test.
 
 Tokens in query strings appear in no log line; X-Forwarded-For reaches the backend
-as exactly the client's address, whatever the client sent in it.
+as exactly the client's address, whatever the client sent in it; a backend that hangs
+up mid-request is answered the contract's JSON 503, not Serve's plain-text 500.
 """
 
 from __future__ import annotations
 
+import http.client
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -36,11 +39,16 @@ def _free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 class _Backend(http.server.BaseHTTPRequestHandler):
     """Answers 200 to everything (health checks included), remembering the
-    X-Forwarded-For lines of each request to /app."""
+    X-Forwarded-For lines of each request to /app, but hangs up on /app/hang-up
+    without an answer, as a replica killed mid-request does."""
 
     seen: list[list[str]] = []
 
     def do_GET(self) -> None:  # noqa: N802  (the name http.server calls)
+        if self.path.startswith("/app/hang-up"):
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         if self.path.startswith("/app"):
             self.seen.append(self.headers.get_all("X-Forwarded-For") or [])
         self.send_response(200)
@@ -74,6 +82,11 @@ def ingress(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
         log_target=f"127.0.0.1:{syslog.getsockname()[1]}",
         has_received_routes=True, has_received_servers=True,
     )
+    # As Serve writes it when its HAProxy starts: 502, 503 and 504 as a plain-text 500.
+    serve_error_file = tmp_path / "500.http"
+    serve_error_file.write_text("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain"
+                                "\r\nContent-Length: 21\r\n\r\nInternal Server Error")
+    cfg.error_file_path = str(serve_error_file)
     cfg.http_options.host, cfg.http_options.port = "127.0.0.1", port
     app = BackendConfig(name="app", path_prefix="/", app_name="app", servers=[
         ServerConfig(name="replica", host="127.0.0.1", port=backend.server_address[1])])
@@ -139,6 +152,21 @@ def test_forwarded_for_is_the_client_address_whatever_the_client_sent(ingress) -
     assert _Backend.seen == [["127.0.0.1"]] * 3
 
 
+def test_a_backend_gone_mid_request_is_the_contracts_503(ingress) -> None:
+    url, _ = ingress
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/app/hang-up")
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    assert (r.status, r.getheader("Content-Type"), r.getheader("Retry-After")) == (
+        503, "application/json", "1")
+    assert json.loads(body)["error"]["code"] == "unavailable"
+
+
 def test_amending_twice_changes_nothing_and_a_changed_template_is_loud() -> None:
     import importlib.util
 
@@ -146,10 +174,11 @@ def test_amending_twice_changes_nothing_and_a_changed_template_is_loud() -> None
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = ("defaults\n    mode http\n    option httplog\n"
+    config = ("defaults\n    mode http\n    option httplog\n    errorfile 502 /serve/500.http\n"
               "frontend http_frontend\n    bind 127.0.0.1:8000\n")
-    once = module.amend(config)
-    assert module.amend(once) == once
+    once = module.amend(config, "/ours.http")
+    assert module.amend(once, "/ours.http") == once
     assert "option httplog" not in once and module.SET_FORWARDED_FOR in once
+    assert "/serve/500.http" not in once and "    errorfile 504 /ours.http" in once
     with pytest.raises(SystemExit):
-        module.amend("defaults\n    mode http\n")
+        module.amend("defaults\n    mode http\n", "/ours.http")
