@@ -137,8 +137,7 @@ class WalletKind(EntityKind[Wallet]):
             if key is None:
                 continue
             k = (op.entity_id, key)
-            key_id = getattr(op.message, "key_id", None)
-            if careful and key_id is not None:
+            if careful and (key_id := getattr(op.message, "key_id", None)) is not None:
                 unknown_keys[(op.entity_id, key_id)] = None
             prior = self.recent.get(k)
             if prior is not None:

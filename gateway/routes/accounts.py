@@ -71,21 +71,21 @@ async def _move(request: Request, claims: tokens.Claims, kind: str, amount: str)
     move = services.deposit if kind == "deposit" else services.withdraw
 
     async def work(key: str | None) -> tuple[int, dict]:
+        key_id = None if key is None else idempotency.key_id(claims.user_id, key)
         if ctx.payments is not None:  # through the provider: pending, answered 202
-            return 202, await _through_provider(ctx.payments, claims.user_id, kind, minor, key)
-        b = await move(ctx, claims.user_id, minor, reference_for(kind, key),
-                       None if key is None else idempotency.key_id(claims.user_id, key))
+            return 202, await _through_provider(ctx.payments, claims.user_id, kind, minor, key,
+                                                key_id)
+        b = await move(ctx, claims.user_id, minor, reference_for(kind, key), key_id)
         return 200, views.balance(b, ctx.settings.currency)
 
     return await idempotent(request, claims, work)
 
 
 async def _through_provider(desk: PaymentDesk, user_id: str, kind: str, minor: int,
-                            key: str | None) -> dict:
+                            key: str | None, key_id: str | None) -> dict:
     if kind == "deposit":
         return await desk.deposit(user_id, minor, request_id(kind, user_id, key))
-    return await desk.withdraw(user_id, minor, request_id(kind, user_id, key),
-                               None if key is None else idempotency.key_id(user_id, key))
+    return await desk.withdraw(user_id, minor, request_id(kind, user_id, key), key_id)
 
 
 @router.post("/api/wallet/deposit", response_model=BalanceOut, tags=["wallet"])
