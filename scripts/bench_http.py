@@ -420,7 +420,9 @@ def bench_lootify(dsn: str, args: argparse.Namespace, work: Path) -> dict:
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # as `make up` (scripts/cluster.py)
+        # as `make up` (scripts/cluster.py)
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        "RAY_SERVE_HAPROXY_NBTHREAD": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{hap}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{hap}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hap),
@@ -499,7 +501,7 @@ def measure_ingress_ceiling(config: Path, args: argparse.Namespace, limit: float
     from ray import serve
 
     @serve.deployment(name="ingress_ceiling", ray_actor_options={"num_cpus": 0},
-                      max_ongoing_requests=10_000)
+                      max_ongoing_requests=10_000, num_replicas=args.replicas or 1)
     @serve.ingress()
     class IngressCeiling:
         def __serve_build_asgi_app__(self):  # noqa: ANN204
