@@ -74,7 +74,7 @@ sys.path.insert(0, str(SCRIPTS))
 from bench_chart import NoFigures, chart  # noqa: E402
 from cpu_meter import CpuMeter, Usage  # noqa: E402
 from loadgen import HttpConnection, request_bytes  # noqa: E402
-from local_stack import free_port, fresh_database, wait_healthy  # noqa: E402
+from local_stack import free_port, fresh_database, haproxy_ingress_env, wait_healthy  # noqa: E402
 from profiling import Profiler  # noqa: E402
 
 from actors.ops import pgserver  # noqa: E402
@@ -412,27 +412,8 @@ class Cluster:
 
 def bench_lootify(dsn: str, args: argparse.Namespace, work: Path) -> dict:
     # Serve reads these when its controller and proxy start: set before ray.init so
-    # every Ray process inherits them. HAProxy's files default to a directory shared
-    # by every cluster on the machine: keep ours in our own.
-    hap = work / "hap"
-    hap.mkdir()
-    serve_env = {
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-        # as `make up` (scripts/cluster.py)
-        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-        "RAY_SERVE_HAPROXY_NBTHREAD": "1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{hap}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{hap}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hap),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{hap}/server-state",
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{hap}/metrics.sock",
-        # Its metrics and stats listeners default to fixed ports (9101, 8404) on every
-        # interface: a second cluster on the machine (`make up`) would collide.
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-    }
+    # every Ray process inherits them.
+    serve_env = haproxy_ingress_env(work / "hap")
     namespace = f"lootify-bench-http-{os.getpid()}"
     app_env = {
         "DATABASE_URL": dsn,

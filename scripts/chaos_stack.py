@@ -1,7 +1,7 @@
 """The chaos run's own stack: an embedded PostgreSQL in a temporary directory, a
 `ray.cluster_utils.Cluster` (a zero-CPU head and one-CPU worker nodes), the runtime
 following the nodes (`LOOTIFY_HOSTS_PER_NODE=1`, as tests/node_scenario.py does), and
-the Serve app on a free port of 127.0.0.1.
+the Serve app on a free port of 127.0.0.1, behind the HAProxy ingress of `make up`.
 
 `Stack.open()` builds it; `close()` takes everything down again, whatever state the
 faults left it in (PostgreSQL is sent SIGCONT first, in case a hang was under way).
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from local_stack import free_port, wait_healthy
+from local_stack import free_port, haproxy_ingress_env, wait_healthy
 
 # Ray notices a dead node after health_check_period_ms x failure_threshold (3000 x 5
 # by default, ~15 s); the node test's figures were taken with 1000 x 3.
@@ -68,7 +68,8 @@ class Stack:
 
     @classmethod
     def open(cls, log: Any) -> Stack:
-        stack = cls(Path(tempfile.mkdtemp(prefix="lootify-chaos-")))
+        # Short: HAProxy's unix sockets go under it (`haproxy_ingress_env`).
+        stack = cls(Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp")))
         try:
             stack._start(log)
         except BaseException:
@@ -89,6 +90,8 @@ class Stack:
         from actors.ops import pgserver
         from actors.ops.migrate import migrate
 
+        # Before the cluster starts: Serve's controller reads them when it starts.
+        os.environ.update(haproxy_ingress_env(self.tmp / "hap"))
         self.dsn = pgserver.start(self.pg_dir, port=free_port())
         os.environ["DATABASE_URL"] = self.dsn
         asyncio.run(migrate(self.dsn))
