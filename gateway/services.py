@@ -9,20 +9,34 @@ refresh the cache at once, and the other replicas' caches through PubSub.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actors.client import AsyncMarket
-from actors.errors import InvalidInput, LootifyError, NotFound
+from actors.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    LootifyError,
+    NotFound,
+    Unavailable,
+)
 from actors.money import parse_amount, parse_odds
 
 from . import idempotency
 from .auth import tokens, users
 from .context import Context
 from .errors import Unauthenticated
+from .failures import dependency_failure
 from .schemas import BetIn, EventIn, LotteryDrawIn, MarketIn, SettleIn
+
+log = logging.getLogger("ray.serve").getChild(__name__)
+
+# How long a payment waits to learn whether a bet has its key (`refuse_a_bet_key`).
+BET_KEY_CHECK_S = 1.0
 
 
 def _resource_id(value: str, what: str) -> str:
@@ -263,6 +277,23 @@ async def cancel_bet(ctx: Context, user_id: str, bet_id: str) -> dict:
 
 async def list_bets(ctx: Context, user_id: str) -> list[dict]:
     return await (await ctx.aio()).list_bets(user_id)
+
+
+async def refuse_a_bet_key(ctx: Context, key_id: str) -> None:
+    """A payment's Idempotency-Key must not be a bet's, placed or refused: a key is one
+    request of its user everywhere. A placed bet's stake holds the key in the wallet,
+    which refuses it there too; a refused bet moved no money, and only its market knows
+    it. Money never waits on the markets for this: with them unavailable the payment
+    goes on (its reference id still makes it act once)."""
+    try:
+        taken = await asyncio.wait_for((await ctx.aio()).bet_id_taken(key_id), BET_KEY_CHECK_S)
+    except Exception as exc:
+        if not (isinstance(exc, Unavailable) or dependency_failure(exc)):
+            raise
+        log.warning("a payment's key not checked against bets: %r", exc)
+        return
+    if taken:
+        raise IdempotencyConflict("this Idempotency-Key was already used for a bet")
 
 
 async def get_bet(ctx: Context, user_id: str, bet_id: str) -> dict:

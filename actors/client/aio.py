@@ -334,6 +334,10 @@ class AsyncLootify:
             bet_id=canonical_id(bet_id, field_name="bet_id"),
         )
 
+    async def bet_id_taken(self, bet_id: object) -> bool:
+        """Whether a bet, placed or refused, has this id."""
+        return await self._catalog("bet_id_taken", bet_id=canonical_id(bet_id, field_name="bet_id"))
+
     async def list_bets(self, user_id: object, limit: int = 100) -> list[dict]:
         return await self._catalog(
             "list_bets",

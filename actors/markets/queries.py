@@ -115,6 +115,13 @@ async def get_bet(conn: asyncpg.Connection, user_id: str, bet_id: str) -> dict[s
     return bet_view(row)
 
 
+async def bet_id_taken(conn: asyncpg.Connection, bet_id: str) -> bool:
+    """Whether a bet has this id, placed or refused: a keyed bet's id is its key's."""
+    return bool(await conn.fetchval(
+        "select exists (select 1 from bets.bets where id = $1)"
+        " or exists (select 1 from bets.refused_bets where id = $1)", bet_id))
+
+
 async def list_bets(conn: asyncpg.Connection, user_id: str, limit: int = 100) -> list[dict]:
     # The bets of one commit cycle share their time: the id keeps the order stable.
     rows = await conn.fetch(
@@ -224,6 +231,7 @@ HANDLERS: dict[str, Callable[..., Awaitable[Any]]] = {
     "get_event": get_event,
     "list_events": list_events,
     "get_bet": get_bet,
+    "bet_id_taken": bet_id_taken,
     "list_bets": list_bets,
     "create_round_series": create_round_series,
     "post_round_result": post_round_result,

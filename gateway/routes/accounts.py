@@ -72,6 +72,8 @@ async def _move(request: Request, claims: tokens.Claims, kind: str, amount: str)
 
     async def work(key: str | None) -> tuple[int, dict]:
         key_id = None if key is None else idempotency.key_id(claims.user_id, key)
+        if key_id is not None:
+            await services.refuse_a_bet_key(ctx, key_id)
         if ctx.payments is not None:  # through the provider: pending, answered 202
             return 202, await _through_provider(ctx.payments, claims.user_id, kind, minor, key,
                                                 key_id)

@@ -664,6 +664,32 @@ def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str
     assert (r.status_code, error_of(r)) == (409, "idempotency_conflict")
 
 
+@pytest.mark.parametrize("payment", ["deposit", "withdraw"])
+def test_a_refused_bet_key_moves_no_money_later(api: httpx.Client, new_user,
+                                                payment: str) -> None:
+    """A keyed bet refused (funds short) moved no money, so the wallet never saw its
+    key: a deposit or withdrawal sent with that key afterwards is refused all the
+    same, and that refusal is the key's answer from then on."""
+    op = new_user("operator")
+    r = api.post("/api/events", json={"name": "Key FC", "category": "football",
+                                      "starts_at": "2030-06-01T20:00:00Z"}, headers=op.headers)
+    event = r.json()["event"]["id"]
+    r = api.post(f"/api/events/{event}/markets", headers=op.headers, json={
+        "name": "Winner", "type": "fixed_odds", "selections": model.selections("fixed_odds")})
+    market = r.json()["market"]["id"]
+    u = new_user()
+    assert api.post("/api/wallet/deposit", json={"amount": "50.00"},
+                    headers=u.headers).status_code == 200
+    keyed = {**u.headers, "Idempotency-Key": "refused-then-paid"}
+    r = api.post("/api/bets", json={"market_id": market, "selection": "home",
+                                    "amount": "60.00"}, headers=keyed)
+    assert (r.status_code, error_of(r)) == (409, "insufficient_funds"), r.text
+    for _ in range(2):
+        r = api.post(f"/api/wallet/{payment}", json={"amount": "7.00"}, headers=keyed)
+        assert (r.status_code, error_of(r)) == (409, "idempotency_conflict"), r.text
+    assert api.get("/api/wallet/balance", headers=u.headers).json()["balance"] == "50.00"
+
+
 @pytest.mark.parametrize("first", ["refused", "placed"])
 def test_a_bet_key_is_one_request_on_every_market(api: httpx.Client, new_user,
                                                   first: str) -> None:
