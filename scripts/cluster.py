@@ -84,9 +84,9 @@ SERVE_ENV = {
     # actor parses into Serve's request counters: ~0.07 ms of CPU a request, for what
     # the replicas count already (`lootify_http_*`).
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-    # A node's HAProxy serves that node's replicas: one thread carries several times
-    # what a replica answers (~0.03 ms of CPU a request), and Serve's default of four
-    # threads took 15-30% more of it on this 2-core machine, handing work between them.
+    # A node's HAProxy serves that node's replicas: at ~0.06 ms of CPU a request one
+    # thread carries several times what a replica answers, and Serve's default of four
+    # threads took 15-30% more CPU on this 2-core machine, handing work between them.
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{RAY_TEMP_DIR}/hap/haproxy.cfg",
     "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{RAY_TEMP_DIR}/hap/admin.sock",

@@ -630,13 +630,8 @@ def test_http_surface_follows_the_model(api: httpx.Client, new_user) -> None:
     print(dict(sorted(seen.items())))
 
 
-@pytest.mark.parametrize(("first", "payment"), [("bet", "deposit"), ("payment", "deposit"),
-                                              ("bet", "withdraw"), ("payment", "withdraw")])
-def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str,
-                                         payment: str) -> None:
-    """The contract: "the same key with a different body is 409 idempotency_conflict.
-    Keys are per user", as a deposit's key is on a withdrawal (test_http.py): a bet and
-    a deposit or withdrawal sent with one key, in either order, act once."""
+def _player_and_market(api: httpx.Client, new_user) -> tuple[Any, str]:
+    """A player with 50.00 in the wallet, and an operator's open fixed-odds market."""
     op = new_user("operator")
     r = api.post("/api/events", json={"name": "Key FC", "category": "football",
                                       "starts_at": "2030-06-01T20:00:00Z"}, headers=op.headers)
@@ -647,6 +642,17 @@ def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str
     u = new_user()
     assert api.post("/api/wallet/deposit", json={"amount": "50.00"},
                     headers=u.headers).status_code == 200
+    return u, market
+
+
+@pytest.mark.parametrize(("first", "payment"), [("bet", "deposit"), ("payment", "deposit"),
+                                              ("bet", "withdraw"), ("payment", "withdraw")])
+def test_a_key_is_one_request_everywhere(api: httpx.Client, new_user, first: str,
+                                         payment: str) -> None:
+    """The contract: "the same key with a different body is 409 idempotency_conflict.
+    Keys are per user", as a deposit's key is on a withdrawal (test_http.py): a bet and
+    a deposit or withdrawal sent with one key, in either order, act once."""
+    u, market = _player_and_market(api, new_user)
     keyed = {**u.headers, "Idempotency-Key": "one-key"}
     bet = {"market_id": market, "selection": "home", "amount": "5.00"}
     requests = [("/api/bets", bet, 201), (f"/api/wallet/{payment}", {"amount": "7.00"}, 200)]
@@ -670,16 +676,7 @@ def test_a_refused_bet_key_moves_no_money_later(api: httpx.Client, new_user,
     """A keyed bet refused (funds short) moved no money, so the wallet never saw its
     key: a deposit or withdrawal sent with that key afterwards is refused all the
     same, and that refusal is the key's answer from then on."""
-    op = new_user("operator")
-    r = api.post("/api/events", json={"name": "Key FC", "category": "football",
-                                      "starts_at": "2030-06-01T20:00:00Z"}, headers=op.headers)
-    event = r.json()["event"]["id"]
-    r = api.post(f"/api/events/{event}/markets", headers=op.headers, json={
-        "name": "Winner", "type": "fixed_odds", "selections": model.selections("fixed_odds")})
-    market = r.json()["market"]["id"]
-    u = new_user()
-    assert api.post("/api/wallet/deposit", json={"amount": "50.00"},
-                    headers=u.headers).status_code == 200
+    u, market = _player_and_market(api, new_user)
     keyed = {**u.headers, "Idempotency-Key": "refused-then-paid"}
     r = api.post("/api/bets", json={"market_id": market, "selection": "home",
                                     "amount": "60.00"}, headers=keyed)
