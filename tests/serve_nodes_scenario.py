@@ -47,7 +47,7 @@ os.environ.update(
     # The odds cache must learn the new odds over PubSub, not by reloading.
     LOOTIFY_CATALOG_RELOAD_S="3600",
     LOOTIFY_JWT_SECRET="serve-nodes-" + "x" * 40,
-    # As `make up` and cluster.yaml run Serve (scripts/cluster.py SERVE_ENV).
+    # As `make up` and cluster.yaml run Serve (scripts/local_stack.haproxy_ingress_env).
     RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
     RAY_SERVE_ENABLE_HA_PROXY="1",
     RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="1",
