@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .context import Context
 from .error_handlers import add_error_handlers
 from .health import check_health
-from .lane import BetLane
+from .lane import BetLane, name_bets_first
 from .middleware import BodyLimit, Deadline, RequestMetrics
 from .page import add_page_routes
 from .realtime.hub import Hub
@@ -56,6 +56,7 @@ def create_app(ctx: Context) -> FastAPI:
     async def socket(websocket: WebSocket) -> None:
         await serve_socket(websocket, ctx, hub)
 
+    name_bets_first(app)
     app.add_middleware(BetLane, fastapi=app)
     app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
     app.add_middleware(Deadline, seconds=ctx.settings.request_deadline_s)

@@ -25,6 +25,15 @@ PATH = "/api/bets"
 ROUTE = Route(PATH, create_bet, methods=["POST"])
 
 
+def name_bets_first(app: FastAPI) -> None:
+    """Serve names each HTTP request's route, for its metrics, by trying the app's
+    routes in order (`get_asgi_route_name`): behind all the others a bet cost ~35 µs
+    of the replica's CPU there. With the lane's route first it is one match. The
+    router never dispatches that route (the lane answers every bet first), and
+    OpenAPI leaves out plain Starlette routes: `routes.betting` documents the bet."""
+    app.router.routes.insert(0, ROUTE)
+
+
 class BetLane:
     def __init__(self, app: ASGIApp, fastapi: FastAPI) -> None:
         self.app = app
