@@ -10,10 +10,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from . import lane
 from .context import Context
 from .error_handlers import add_error_handlers
 from .health import check_health
-from .lane import BetLane, name_bets_first
 from .middleware import BodyLimit, Deadline, RequestMetrics
 from .page import add_page_routes
 from .realtime.hub import Hub
@@ -56,8 +56,7 @@ def create_app(ctx: Context) -> FastAPI:
     async def socket(websocket: WebSocket) -> None:
         await serve_socket(websocket, ctx, hub)
 
-    name_bets_first(app)
-    app.add_middleware(BetLane, fastapi=app)
+    lane.install(app)
     app.add_middleware(BodyLimit, limit=ctx.settings.max_body_bytes)
     app.add_middleware(Deadline, seconds=ctx.settings.request_deadline_s)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
